@@ -1,0 +1,5 @@
+"""Generation engines behind a token-id protocol."""
+
+from deepgrpo_agent.engine.protocol import DecodeSession, Engine, SamplingParams
+
+__all__ = ["DecodeSession", "Engine", "SamplingParams"]
