@@ -71,6 +71,7 @@ def test_verifier_reward_replaces_score_and_forwards_state():
         calls.append(response)
         return 1.0 if "7" in response else 0.0
 
+    contains_seven.inline_safe = True  # type: ignore[attr-defined]  # run in-process so `calls` fills
     env = VerifierReward(base(verifier=None), contains_seven)
     env.reset(options={"problem_index": 0})  # reference "1"
     state = env.snapshot()

@@ -1,0 +1,240 @@
+"""DEEP-GRPO (Guo et al., arXiv 2602.14169): dense resampling from recoverable pivots of failed rollouts.
+
+The trainer is GRPO's with one stage overridden: :meth:`DeepGRPOTrainer.collect` adds, after the
+root rollouts, ``branches_per_pivot`` continuations from ``pivots_per_trajectory`` pivots of every
+failed root (reward <= ``failure_threshold``), restored through ``reset_to`` and generated with the
+engine's branching primitive. Branches form the *local* stream (advantage against their K siblings
+only, prefix gradient-masked); :meth:`stream_weights` weighs it by lambda (methods.md §2).
+
+Deviations from the paper (methods.md §2):
+- KL: the local stream's k3 term is multiplied by lambda like its policy term (the later release;
+  the first paper code did not).
+- ``min_branch_samples`` defaults to 0 (the paper code skipped the local stream below 128 surviving
+  branch samples, for batches of 512 roots); set it to 128 to reproduce.
+- P_phi is fitted with Newton steps in numpy (same objective as scikit-learn's lbfgs with C = 1).
+- Branches cut by the env's response budget are scored 0 (``truncated_is_failure``), as in the paper;
+  root rollouts are scored as GRPO scores them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from deepgrpo_agent.config import GRPOConfig
+from deepgrpo_agent.pivots import (
+    Recoverability,
+    candidates,
+    period_table,
+    sample_pivots,
+    segment_ends,
+    utility,
+)
+from deepgrpo_agent.rollout import RolloutBatch, branch_rollouts
+from deepgrpo_agent.trainer import GLOBAL_STREAM, GRPOTrainer, TrainSamples
+from deepgrpo_env.state import EnvState
+
+LOCAL_STREAM = 1
+"""Stream id of branch rollouts (the local pivot groups)."""
+
+
+@dataclass
+class DeepGRPOConfig(GRPOConfig):
+    """GRPOConfig plus DEEP-GRPO's own fields (defaults: the paper's p1b8, gamma = 2, lambda = 1)."""
+
+    pivots_per_trajectory: int = 1
+    """p: pivots drawn (without replacement) per failed root rollout; 0 turns DEEP-GRPO into GRPO."""
+    branches_per_pivot: int = 8
+    """K: continuations sampled from each pivot (the local group size)."""
+    depth_bias_gamma: float = 2.0
+    """gamma in Q(i) ~ P_phi(r_i) * r_i^gamma; 0 with constant P_phi is uniform, very negative is root-only."""
+    pivot_sampling: Literal["utility", "uniform"] = "utility"
+    """'utility' draws pivots from Q(i); 'uniform' ignores depth and P_phi (the random-pivot ablation)."""
+    local_loss_weight: float = 1.0
+    """lambda: weight of the local (branch) stream in L = main + lambda * local."""
+    segment: Literal["sentence", "tokens"] = "sentence"
+    """Candidate positions: after each '.' token ('sentence', the paper's default) or every `segment_tokens`."""
+    segment_tokens: int = 100
+    """Tokens per segment when `segment` is 'tokens' (the paper tried 50, 100, 200)."""
+    failure_threshold: float = 0.0
+    """Root rollouts with reward <= this are failed and eligible for pivots."""
+    expand_all: bool = False
+    """Also expand successful root rollouts (the 'expand-all' ablation)."""
+    drop_zero_advantage: bool = True
+    """Drop samples with |A| < 1e-8 from both streams (paper code); off makes p = 0 identical to GRPO."""
+    min_branch_samples: int = 0
+    """Skip the local stream in a step when fewer branch samples survive (paper code: 128)."""
+    truncated_is_failure: bool = True
+    """Score branches that hit the response budget as 0 (the paper's rule)."""
+    phi_buffer_size: int = 10_000
+    """FIFO capacity of the (r, any-branch-succeeded) buffer that P_phi is fitted on."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        checks = [
+            ("pivots_per_trajectory", self.pivots_per_trajectory >= 0, ">= 0"),
+            ("branches_per_pivot", self.branches_per_pivot >= 2, ">= 2 (a local group needs siblings)"),
+            ("local_loss_weight", self.local_loss_weight >= 0, ">= 0"),
+            ("segment_tokens", self.segment_tokens >= 1, ">= 1"),
+            ("min_branch_samples", self.min_branch_samples >= 0, ">= 0"),
+            ("phi_buffer_size", self.phi_buffer_size >= 1, ">= 1"),
+        ]
+        for name, ok, want in checks:
+            if not ok:
+                raise ValueError(f"Expected `{name}` {want}, got {getattr(self, name)!r}.")
+        if self.segment not in ("sentence", "tokens"):
+            raise ValueError(f"Expected `segment` in ('sentence', 'tokens'), got {self.segment!r}.")
+        if self.pivot_sampling not in ("utility", "uniform"):
+            raise ValueError(f"Expected `pivot_sampling` in ('utility', 'uniform'), got {self.pivot_sampling!r}.")
+
+
+@dataclass(frozen=True)
+class Pivot:
+    """One chosen pivot: the root row it came from, its depth and normalized depth, and its state."""
+
+    row: int
+    depth: int
+    ratio: float
+    state: EnvState
+
+
+class DeepGRPOTrainer(GRPOTrainer):
+    """GRPO with DEEP-GRPO's pivot branching (see the module docstring)."""
+
+    algo = "deep-grpo"
+    config: DeepGRPOConfig
+
+    def __init__(self, config: DeepGRPOConfig, **kwargs: Any) -> None:
+        if not isinstance(config, DeepGRPOConfig):
+            raise TypeError(f"Expected a DeepGRPOConfig, got {type(config).__name__}.")
+        # Strategy state exists before GRPOTrainer.__init__, which may resume it from a checkpoint.
+        self.phi = Recoverability(capacity=config.phi_buffer_size)
+        self.pivot_rng = np.random.default_rng([config.seed, 17])
+        super().__init__(config, **kwargs)
+        self._branch_env: Any = None
+        codec = self.env.unwrapped.codec if hasattr(self.env, "unwrapped") else self.env.codec
+        self.period_ids = (
+            period_table(codec.decode, self.env.single_action_space.n) if config.segment == "sentence" else None
+        )
+
+    def stream_weights(self) -> dict[int, float]:
+        return {GLOBAL_STREAM: 1.0, LOCAL_STREAM: self.config.local_loss_weight}
+
+    # -- the overridden stage ---------------------------------------------------------------------
+    def collect(self) -> tuple[TrainSamples, dict[str, float]]:
+        """Roots (GRPO) + branches from pivots of failed roots, as two streams."""
+        cfg = self.config
+        roots, batches, metrics = self.collect_roots()
+        pivots = [p for batch in batches for p in self.choose_pivots(batch)]
+        parts = [roots]
+        metrics.update(self._pivot_metrics(pivots))
+        if pivots:
+            branches = self.expand(pivots)
+            local, branch_metrics = self.local_samples(pivots, branches)
+            metrics.update(branch_metrics)
+            if len(local) >= cfg.min_branch_samples:
+                parts.append(local)
+            metrics["pivot/local_stream_used"] = float(len(local) >= cfg.min_branch_samples and len(local) > 0)
+        samples = TrainSamples.concat(parts)
+        if cfg.drop_zero_advantage:
+            samples = samples.select(np.abs(samples.advantages) >= 1e-8)
+        for s, name in ((GLOBAL_STREAM, "global"), (LOCAL_STREAM, "local")):
+            adv = samples.advantages[samples.streams == s]
+            metrics[f"adv/{name}_count"] = float(adv.size)
+            metrics[f"adv/{name}_abs_mean"] = float(np.abs(adv).mean()) if adv.size else 0.0
+        return samples, metrics
+
+    def choose_pivots(self, batch: RolloutBatch) -> list[Pivot]:
+        """Pivots of one root batch: p per eligible (failed, or any with expand_all) trajectory."""
+        cfg = self.config
+        if cfg.pivots_per_trajectory == 0:
+            return []
+        rewards = np.nan_to_num(batch.rewards, nan=0.0)
+        eligible = np.ones(len(batch), dtype=bool) if cfg.expand_all else rewards <= cfg.failure_threshold
+        max_depth = self.env.limits.max_response_tokens if hasattr(self.env, "limits") else cfg.max_new_tokens
+        out: list[Pivot] = []
+        for row in np.flatnonzero(eligible):
+            response = np.asarray(batch.states[row].response_ids)
+            ends = segment_ends(response, mode=cfg.segment, period_ids=self.period_ids,
+                                segment_tokens=cfg.segment_tokens)
+            if ends.size == 0:
+                continue
+            cand = candidates(ends, max_depth=max_depth)
+            if cand.depths.size == 0:
+                continue
+            if cfg.pivot_sampling == "uniform":
+                q = np.full(cand.depths.size, 1.0 / cand.depths.size)
+            else:
+                q = utility(cand.ratios, self.phi(cand.ratios), cfg.depth_bias_gamma)
+            for i in sample_pivots(q, cfg.pivots_per_trajectory, self.pivot_rng):
+                depth = int(cand.depths[i])
+                out.append(Pivot(int(row), depth, float(cand.ratios[i]), batch.prefix_state(int(row), depth)))
+        return out
+
+    def expand(self, pivots: list[Pivot]) -> RolloutBatch:
+        """K continuations of every pivot, restored with reset_to and prefilled once per pivot."""
+        cfg = self.config
+        needed = len(pivots) * cfg.branches_per_pivot
+        if self._branch_env is None or self._branch_env.num_envs < needed:
+            if self._branch_env is not None:
+                self._branch_env.close()
+            self._branch_env = self._make_env(cfg.env_id, needed, cfg.max_new_tokens)
+        batch = branch_rollouts(self._branch_env, self.engine, [p.state for p in pivots],
+                                cfg.branches_per_pivot, self.sampling(), generator=self.generator)
+        self.budget.add(branch_rollouts=len(batch), generated_tokens=batch.generated_tokens,
+                        prefilled_tokens=batch.prefilled_tokens)
+        return batch
+
+    def local_samples(self, pivots: list[Pivot], branches: RolloutBatch) -> tuple[TrainSamples, dict[str, float]]:
+        """Local-stream samples: advantage against the K siblings of the same pivot (no std)."""
+        cfg = self.config
+        k = cfg.branches_per_pivot
+        rewards = np.nan_to_num(branches.rewards, nan=0.0).astype(np.float64)
+        if cfg.truncated_is_failure:
+            rewards = np.where(branches.truncated, 0.0, rewards)
+        grouped = rewards.reshape(len(pivots), k)
+        adv = (grouped - grouped.mean(axis=1, keepdims=True)).reshape(-1)
+        succeeded = (grouped > cfg.failure_threshold).any(axis=1)
+        self.phi.add([p.ratio for p in pivots], succeeded.tolist())
+        contexts = [np.concatenate([p, x]) for p, x in zip(branches.prompt_ids, branches.prefix_ids)]
+        samples = TrainSamples(contexts, list(branches.new_ids), adv.astype(np.float32),
+                               np.full(adv.shape[0], LOCAL_STREAM, dtype=np.int64))
+        lengths = np.array([len(x) for x in branches.new_ids])
+        entropies = np.concatenate(branches.entropies) if branches.entropies else np.zeros(0)
+        metrics = {
+            "pivot/branch_success_rate": float((grouped > cfg.failure_threshold).mean()),
+            "pivot/unrecoverable_fraction": float((~succeeded).mean()),
+            "pivot/branch_response_length": float(lengths.mean()),
+            "pivot/branch_entropy": float(entropies.mean()) if entropies.size else float("nan"),
+            "pivot/branch_generated_tokens": float(branches.generated_tokens),
+            "pivot/branch_prefilled_tokens": float(branches.prefilled_tokens),
+        }
+        return samples, metrics
+
+    def _pivot_metrics(self, pivots: list[Pivot]) -> dict[str, float]:
+        ratios = np.array([p.ratio for p in pivots])
+        hist = np.histogram(ratios, bins=5, range=(0.0, 1.0))[0] if pivots else np.zeros(5)
+        out = {
+            "pivot/count": float(len(pivots)),
+            "pivot/depth_tokens_mean": float(np.mean([p.depth for p in pivots])) if pivots else 0.0,
+            "pivot/ratio_mean": float(ratios.mean()) if pivots else 0.0,
+            "pivot/root_fraction": float(np.mean([p.depth == 0 for p in pivots])) if pivots else 0.0,
+            "pivot/phi_w": float(self.phi.w) if self.phi.w is not None else float("nan"),
+            "pivot/phi_b": float(self.phi.b) if self.phi.b is not None else float("nan"),
+            "pivot/phi_buffer": float(len(self.phi.buffer)),
+        }
+        out.update({f"pivot/ratio_hist_{i}": float(h) for i, h in enumerate(hist)})
+        return out
+
+    # -- checkpointed strategy state --------------------------------------------------------------
+    def strategy_state(self) -> dict[str, Any]:
+        return {"phi": self.phi.state_dict(), "pivot_rng": self.pivot_rng.bit_generator.state}
+
+    def load_strategy_state(self, state: dict[str, Any]) -> None:
+        self.phi.load_state_dict(state["phi"])
+        self.pivot_rng.bit_generator.state = state["pivot_rng"]
+
+
+__all__ = ["DeepGRPOConfig", "DeepGRPOTrainer", "LOCAL_STREAM", "Pivot"]

@@ -1,0 +1,65 @@
+"""Loading the policy model: the embedded default, a local checkpoint directory, or a module you built."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deepgrpo_env.default_model import INSTALL_HINT, default_model_dir
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` is CUDA when available, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"Expected a torch device like 'cpu', 'cuda', 'cuda:1' or 'auto', got {device!r}.") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"Device {device!r} was asked for but CUDA is not available; use device='cpu'.")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``"auto"`` is fp32 on the CPU (bf16 matmuls are slow there) and bf16 on CUDA."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise ValueError(f"Expected dtype in {sorted(table)} or 'auto', got {dtype!r}.")
+    return table[dtype]
+
+
+def model_path(model: str) -> Path:
+    """The checkpoint directory for ``model``: ``"default"`` materializes the embedded default."""
+    if model == "default":
+        try:
+            return default_model_dir()
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{e}") from e
+    path = Path(model).expanduser()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"Expected `model` to be 'default' or a local transformers checkpoint directory with a "
+            f"config.json, got {model!r}. Hub ids cannot be downloaded here; for the default model run: "
+            f"{INSTALL_HINT}"
+        )
+    return path
+
+
+def load_policy(model: str, *, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
+    """Loads ``(model, tokenizer)`` from ``"default"`` or a local directory, ready for training."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = model_path(model)
+    module = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    if getattr(module.config, "quantization_config", None) is not None:
+        raise ValueError(
+            f"The checkpoint at {path} is quantized and cannot be trained; re-save it in full precision."
+        )
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return module, tokenizer

@@ -1,0 +1,267 @@
+"""Answer verifiers: score a response against a reference answer (1.0 right, 0.0 wrong, None unscorable).
+
+A verifier is any callable ``(response, reference) -> float | None``. ``0.0`` means wrong (including
+"no answer found"), ``None`` means the pair cannot be scored (the reference itself is unusable), and an
+exception is a bug in the verifier that must reach the caller. An optional ``inline_safe`` attribute
+tells :class:`~deepgrpo_env.grading.Grader` whether the verifier may run in the caller's process:
+only verifiers whose running time is bounded by construction (linear-time string work on bounded
+input) should set it. Everything else runs in worker processes with a hard timeout.
+
+Model output is untrusted: nothing here evaluates response text as code. See :class:`MathVerifier`
+for what math-verify does with it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from decimal import Decimal, localcontext
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["AnswerKind", "MathVerifier", "NumericVerifier", "Verifier", "verifier_for"]
+
+AnswerKind = Literal["numeric", "math"]
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """Scores one response against one reference answer.
+
+    Returns a float (1.0 right, 0.0 wrong; other values are passed through unchanged) or None when the
+    pair cannot be scored. Raising means the verifier has a bug: graders propagate it.
+    """
+
+    def __call__(self, response: str, reference: str, /) -> float | None: ...
+
+
+def _tail(text: str, max_chars: int) -> str:
+    # The final answer sits at the end of a response, so an overlong response keeps its tail.
+    return text if len(text) <= max_chars else text[-max_chars:]
+
+
+def _check_max_chars(max_chars: int) -> None:
+    if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1:
+        raise ValueError(f"Expected `max_chars` to be an int >= 1, got {max_chars!r}.")
+
+
+# -- numeric ----------------------------------------------------------------------------------------------
+# A number: optional minus (not when it follows a word character or ")", so "3-5" is 3 then 5), then
+# either comma-grouped thousands ("1,000,000") or plain digits, an optional decimal part, or ".5".
+# No lookahead after the digit groups and no nested quantifiers over the same characters: every
+# attempt that fails does so within a few characters, and a match consumes all it scanned, so
+# scanning is linear in the input length.
+_NUMBER_RE = re.compile(
+    r"(?:(?<![\w)])(?P<sign>[-\u2212]))?"
+    r"(?P<body>[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?|[0-9]+(?:\.[0-9]+)?|\.[0-9]+)",
+    re.ASCII,
+)
+
+
+def _to_decimal(match: re.Match[str]) -> Decimal:
+    value = Decimal(match.group("body").replace(",", ""))
+    return -value if match.group("sign") else value
+
+
+def last_number(text: str) -> Decimal | None:
+    """The last number written in ``text`` as an exact :class:`~decimal.Decimal`, or None if there is none.
+
+    Thousands separators are dropped (``"1,000"`` is 1000), a minus sign counts unless it follows a
+    word character or ``)`` (``"3-5"`` ends with 5, ``"x = -5"`` with -5), and currency symbols, units
+    and percent signs around the number are ignored (``"$18.00"`` is 18.00).
+    """
+    last = None
+    for last in _NUMBER_RE.finditer(text):  # noqa: B007  (only the final match is wanted)
+        pass
+    return None if last is None else _to_decimal(last)
+
+
+def _numbers_equal(a: Decimal, b: Decimal, rel_tol: float) -> bool:
+    if a == b:
+        return True
+    if a == a.to_integral_value() and b == b.to_integral_value():
+        # Two integers are equal only exactly: a relative tolerance would call 10**7 and 10**7 + 1 equal.
+        return False
+    with localcontext() as ctx:
+        # Enough digits that the difference of two long decimals is not rounded away.
+        ctx.prec = max(28, len(a.as_tuple().digits), len(b.as_tuple().digits)) + 2
+        return abs(a - b) <= Decimal(repr(rel_tol)) * max(abs(a), abs(b))
+
+
+class NumericVerifier:
+    """Strict last-number match, as the DEEP-GRPO paper grades GSM8K.
+
+    The score is 1.0 when the last number in the response equals the reference number, else 0.0
+    (also when the response contains no number). ``"1,000"``, ``"$1,000.00"`` and ``"#### 1000"``
+    all read as 1000. Two integers must match exactly; when either side has a fractional part they
+    match within ``rel_tol``. Scientific notation and fractions are not read (``"1/2"`` ends with 2).
+
+    The reference must hold exactly one number (``"72"``, ``"$18"``, ``"-3.5"``, ``"1,000"``);
+    otherwise the pair is unscorable (None): use :class:`MathVerifier` for symbolic references.
+
+    Responses longer than ``max_chars`` characters are cut to their last ``max_chars`` characters
+    before reading. Scanning is a single linear-time regular expression over bounded input, so the
+    verifier is ``inline_safe`` (it can run in the caller's process without a timeout).
+
+    Args:
+        rel_tol: Relative tolerance for non-integer answers.
+        max_chars: Longest response tail that is read.
+    """
+
+    inline_safe: bool = True
+
+    def __init__(self, *, rel_tol: float = 1e-6, max_chars: int = 20_000) -> None:
+        if isinstance(rel_tol, bool) or not isinstance(rel_tol, (int, float)) or not 0 <= rel_tol < 1:
+            raise ValueError(f"Expected `rel_tol` in [0, 1), got {rel_tol!r}; 1e-6 suits most datasets.")
+        _check_max_chars(max_chars)
+        self.rel_tol = float(rel_tol)
+        self.max_chars = max_chars
+
+    def __call__(self, response: str, reference: str) -> float | None:
+        """Scores ``response`` against ``reference``: 1.0, 0.0, or None if the reference is not one number."""
+        ref_numbers = list(_NUMBER_RE.finditer(_tail(reference, self.max_chars)))
+        if len(ref_numbers) != 1:
+            return None
+        answer = last_number(_tail(response, self.max_chars))
+        if answer is None:
+            return 0.0
+        return 1.0 if _numbers_equal(answer, _to_decimal(ref_numbers[0]), self.rel_tol) else 0.0
+
+    def __repr__(self) -> str:
+        return f"NumericVerifier(rel_tol={self.rel_tol}, max_chars={self.max_chars})"
+
+
+# -- math-verify --------------------------------------------------------------------------------------------
+# An unescaped "$", "\(", "\[" or "\boxed": "\$40" is a currency sign, not a delimiter.
+_LATEX_DELIMITER_RE = re.compile(r"(?<!\\)\$|\\\(|\\\[|\\boxed")
+
+
+class _DropTimeoutDisabledWarning(logging.Filter):
+    """Drops math-verify's "Timeout is disabled" warning: our grader enforces the timeout itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Timeout is disabled")
+
+
+@functools.cache
+def _math_verify() -> Any:
+    """Imports math-verify on first use (about half a second), so other verifiers' workers skip it."""
+    try:
+        import math_verify
+    except ImportError as e:  # pragma: no cover - math-verify is a declared dependency
+        raise ImportError("MathVerifier needs math-verify: `pip install 'math-verify>=0.8'`.") from e
+    for name in ("math_verify.parser", "math_verify.grader"):
+        logging.getLogger(name).addFilter(_DropTimeoutDisabledWarning())
+    return math_verify
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_gold(reference: str) -> tuple[Any, ...]:
+    """The parsed reference (empty when it cannot be parsed); cached because a group shares one."""
+    mv = _math_verify()
+    configs = [mv.LatexExtractionConfig(), mv.ExprExtractionConfig()]
+    text = reference.strip()
+    if not text:
+        return ()
+    # math-verify reads LaTeX only inside delimiters, so a bare "\frac{1}{2}" is wrapped first.
+    candidates = [text] if _LATEX_DELIMITER_RE.search(text) else [f"${text}$", text]
+    for candidate in candidates:
+        # parsing_timeout=None: math-verify would otherwise install a SIGALRM handler, which only works
+        # on the main thread; the grader's worker processes enforce the time limit instead.
+        parsed = mv.parse(candidate, configs, fallback_mode="no_fallback", parsing_timeout=None)
+        if parsed:
+            return tuple(parsed)
+    return ()
+
+
+class MathVerifier:
+    """Symbolic equivalence with `math-verify <https://github.com/huggingface/Math-Verify>`_.
+
+    The reference is parsed as LaTeX (wrapped in ``$…$`` when it has no delimiters, so ``"\\frac{1}{2}"``
+    works) or as a plain number/expression. The response's answer is its last ``\\boxed{}`` when it has
+    one (several boxes at the end are merged into a set, math-verify's convention), else the last
+    LaTeX span; with ``numeric_fallback`` also a plain number or arithmetic expression such as
+    ``"The answer is 72."``. Then ``verify(gold, prediction)`` decides, gold first (it is asymmetric).
+
+    Semantics follow math-verify: numerically equal forms match (``\\frac{1}{2}`` and ``0.5``,
+    ``\\dfrac12`` and ``\\frac{1}{2}``), a percentage matches its value with or without the percent
+    (``10\\%``, ``10`` and ``0.1``), intervals must agree on open/closed ends, sets ignore order.
+
+    Returns 1.0 or 0.0, and None when the reference cannot be parsed. A response with no extractable
+    answer scores 0.0. Responses longer than ``max_chars`` keep only their last ``max_chars``
+    characters (the answer is at the end; an overlong response is otherwise a cheap way to make
+    parsing slow).
+
+    Safety: math-verify turns LaTeX into SymPy with an ANTLR parser (no ``eval``). Its plain-expression
+    path does call SymPy's ``parse_expr`` (which evaluates Python), but only on text its regular
+    expression restricts to digits, ``.``, whitespace and ``+ - * × / ÷ ^ ( )``: with no letters or
+    underscores there are no names to look up, so no code can run. What remains is cost:
+    ``9^{9^{9^9}}`` or ``(10^{10})!`` make SymPy compute for minutes, which is why this verifier is
+    not ``inline_safe`` and must run in :class:`~deepgrpo_env.grading.Grader`'s worker processes.
+
+    Args:
+        numeric_fallback: Also accept answers written as plain numbers or arithmetic outside LaTeX.
+        max_chars: Longest response tail that is parsed.
+    """
+
+    inline_safe: bool = False
+
+    def __init__(self, *, numeric_fallback: bool = True, max_chars: int = 20_000) -> None:
+        _check_max_chars(max_chars)
+        self.numeric_fallback = bool(numeric_fallback)
+        self.max_chars = max_chars
+
+    def warmup(self) -> None:
+        """Imports math-verify and grades one trivial answer (compiling its regular expressions).
+
+        Grading workers call this once before their first timed task, so the first real grade is
+        not slowed by a second of imports.
+        """
+        self("\\boxed{1}", "1")
+
+    def _prediction_configs(self) -> Sequence[Any]:
+        mv = _math_verify()
+        # Priority 0 makes a \boxed{} answer win over any other LaTeX in the response.
+        configs: list[Any] = [mv.LatexExtractionConfig(boxed_match_priority=0)]
+        if self.numeric_fallback:
+            configs.append(mv.ExprExtractionConfig())
+        return configs
+
+    def __call__(self, response: str, reference: str) -> float | None:
+        """Scores ``response`` against ``reference``: 1.0, 0.0, or None if the reference cannot be parsed."""
+        gold = _parse_gold(reference)
+        if not gold:
+            return None
+        mv = _math_verify()
+        prediction = mv.parse(
+            _tail(response, self.max_chars),
+            self._prediction_configs(),
+            fallback_mode="no_fallback",
+            parsing_timeout=None,  # see _parse_gold: the grader's worker enforces the time limit
+        )
+        if not prediction:
+            return 0.0
+        return 1.0 if mv.verify(list(gold), prediction, timeout_seconds=None) else 0.0
+
+    def __repr__(self) -> str:
+        return f"MathVerifier(numeric_fallback={self.numeric_fallback}, max_chars={self.max_chars})"
+
+
+def verifier_for(answer_kind: AnswerKind) -> Verifier:
+    """The default verifier for a dataset's answer kind.
+
+    Args:
+        answer_kind: ``"numeric"`` (every reference is a number: :class:`NumericVerifier`) or
+            ``"math"`` (LaTeX references: :class:`MathVerifier`).
+
+    Raises:
+        ValueError: If ``answer_kind`` is neither.
+    """
+    if answer_kind == "numeric":
+        return NumericVerifier()
+    if answer_kind == "math":
+        return MathVerifier()
+    raise ValueError(f"Expected `answer_kind` 'numeric' or 'math', got {answer_kind!r}.")

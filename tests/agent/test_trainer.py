@@ -1,0 +1,97 @@
+"""GRPOTrainer: smoke run, exact resume, micro-batch equivalence, KL, dynamic sampling, bad configs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from deepgrpo_agent import GRPOTrainer
+from tests.agent.tiny import tiny_config, tiny_model
+from tests.helpers import TinyCodec
+
+VOCAB = TinyCodec().vocab_size
+
+
+def trainer_for(tmp_path, model_seed=0, **overrides) -> GRPOTrainer:
+    return GRPOTrainer(tiny_config(tmp_path, **overrides), model=tiny_model(VOCAB, model_seed))
+
+
+def test_smoke_loss_finite_and_every_parameter_changes(tmp_path):
+    trainer = trainer_for(tmp_path)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    metrics = trainer.train()
+    assert torch.isfinite(torch.tensor(metrics["loss/total"]))
+    unchanged = [n for n, p in trainer.model.named_parameters() if torch.equal(p, before[n])]
+    assert unchanged == []
+    assert metrics["budget/root_rollouts"] == 8 and metrics["budget/generated_tokens"] > 0
+    assert 0.0 <= metrics["rollout/zero_variance_fraction"] <= 1.0
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["step"] == 1 and "rollout/reward_mean" in lines[-1]
+
+
+def test_resume_gives_the_same_next_step(tmp_path):
+    straight = trainer_for(tmp_path / "a", total_steps=3)
+    straight.train()
+    first = trainer_for(tmp_path / "b", total_steps=2, save_every=1)
+    first.train()
+    resumed = trainer_for(tmp_path / "b", model_seed=123, total_steps=3, resume=True)  # other init: overwritten
+    assert resumed.step == 2
+    resumed.train()
+    for (name, p), q in zip(straight.model.named_parameters(), resumed.model.parameters()):
+        assert torch.equal(p, q), name
+    assert straight.budget == resumed.budget
+
+
+def test_micro_batching_does_not_change_the_update(tmp_path):
+    whole = trainer_for(tmp_path / "a", micro_batch_size=8)
+    split = trainer_for(tmp_path / "b", micro_batch_size=1)
+    whole.train()
+    split.train()
+    for p, q in zip(whole.model.parameters(), split.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("aggregation", ["token-mean", "sequence-mean", "dr-grpo"])
+def test_aggregations_and_multi_epoch_run(tmp_path, aggregation):
+    trainer = trainer_for(tmp_path, loss_aggregation=aggregation, ppo_epochs=2, advantage_scale="group")
+    metrics = trainer.train()
+    assert torch.isfinite(torch.tensor(metrics["loss/total"]))
+    assert 0.0 <= metrics["loss/clip_fraction"] <= 1.0
+
+
+def test_kl_to_frozen_reference(tmp_path):
+    trainer = trainer_for(tmp_path, kl_coef=0.1, total_steps=2)
+    ref_before = [p.detach().clone() for p in trainer.ref_model.parameters()]
+    metrics = trainer.train()
+    assert metrics["loss/kl"] >= 0.0
+    assert all(torch.equal(a, b) for a, b in zip(ref_before, trainer.ref_model.parameters()))
+
+
+@pytest.mark.parametrize("mode", ["drop", "refill"])
+def test_dynamic_sampling_with_zero_variance_groups(tmp_path, mode):
+    from tests.agent.tiny import always_one
+
+    cfg = tiny_config(tmp_path, dynamic_sampling=mode, max_refill_rounds=2)
+    cfg.env_kwargs["verifier"] = always_one
+    trainer = GRPOTrainer(cfg, model=tiny_model(VOCAB))
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    metrics = trainer.train()
+    assert metrics["rollout/zero_variance_fraction"] == 1.0 and metrics["rollout/all_correct_fraction"] == 1.0
+    rounds = 3 if mode == "refill" else 1
+    assert metrics["rollout/refill_rounds"] == rounds - 1
+    assert metrics["budget/root_rollouts"] == 8 * rounds
+    assert metrics["train/skipped_update"] == 1.0  # nothing with signal was left to train on
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+
+
+def test_bad_configs_give_clear_errors(tmp_path):
+    from deepgrpo_agent.config import GRPOConfig
+
+    with pytest.raises(ValueError, match="group_size"):
+        GRPOConfig(group_size=1)
+    with pytest.raises(ValueError, match="Did you mean"):
+        GRPOTrainer(tiny_config(tmp_path, env_id="MathReasoning-SVAMPP-v0"), model=tiny_model(VOCAB))
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        GRPOTrainer(tiny_config(tmp_path, model=str(tmp_path / "nowhere")))
