@@ -6,35 +6,32 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-
-ALGOS = {"grpo": "GRPO (methods.md §1)"}
-
+from typing import Any
 
 def _trainer_classes(algo: str) -> tuple[type, type]:
     from deepgrpo_agent.config import GRPOConfig
     from deepgrpo_agent.trainer import GRPOTrainer
 
-    table: dict[str, tuple[type, type]] = {"grpo": (GRPOConfig, GRPOTrainer)}
-    try:
-        from deepgrpo_agent.deep_grpo import DeepGRPOConfig, DeepGRPOTrainer
+    from deepgrpo_agent.deep_grpo import DeepGRPOConfig, DeepGRPOTrainer
 
-        table["deep-grpo"] = (DeepGRPOConfig, DeepGRPOTrainer)
-    except ImportError:
-        pass
+    table: dict[str, tuple[type, type]] = {
+        "grpo": (GRPOConfig, GRPOTrainer),
+        "deep-grpo": (DeepGRPOConfig, DeepGRPOTrainer),
+    }
     if algo not in table:
         raise SystemExit(f"Unknown --algo {algo!r}; expected one of {sorted(table)}.")
     return table[algo]
 
 
 def cmd_train(argv: Sequence[str]) -> int:
-    """``deepgrpo train [--algo NAME] [--config FILE.yaml] [--field value ...]``."""
+    """``deepgrpo train [--algo grpo|deep-grpo] [--config FILE.yaml] [--field value ...]``."""
     from deepgrpo_agent.config_cli import parse_config
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--algo", default="grpo")
     known, rest = pre.parse_known_args(argv)
     config_cls, trainer_cls = _trainer_classes(known.algo)
-    config = parse_config(config_cls, rest)
+    config: Any = parse_config(config_cls, rest)
     trainer = trainer_cls(config)
     trainer.train()
     _summary(trainer)
@@ -52,7 +49,7 @@ def _summary(trainer: object) -> None:
     out = getattr(trainer, "output_dir", None)
     if out is not None:
         print(f"\nlogs: {out / 'metrics.jsonl'} (TensorBoard: {out / 'tensorboard'})")
-        print(f"checkpoints: {out / 'checkpoints'}")
+        print(f"checkpoints: {out / 'checkpoints'} (resume with --resume); final policy: {out / 'final_model'}")
 
 
 def cmd_eval(argv: Sequence[str]) -> int:
@@ -76,11 +73,11 @@ MAIN_JOB = [
     "--model", "default",
     "--prompts-per-step", "4",
     "--group-size", "8",
-    "--max-new-tokens", "96",
+    "--max-new-tokens", "128",
     "--total-steps", "8",
-    "--learning-rate", "1e-5",
+    "--learning-rate", "2e-5",
     "--eval-every", "8",
-    "--eval-problems", "64",
+    "--eval-problems", "128",
     "--pass-k", "0",
     "--save-every", "4",
     "--output-dir", "runs/main",
@@ -113,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: deepgrpo {train,eval,main,envs} [options]   (deepgrpo train --help for the flags)")
         for name, fn in COMMANDS.items():
             print(f"  {name:6s} {(fn.__doc__ or '').strip().splitlines()[0]}")
-        return 0 if args and args[0] in ("-h", "--help") or not args else 2
+        return 0 if (args and args[0] in ("-h", "--help")) or not args else 2
     return COMMANDS[args[0]](args[1:])
 
 

@@ -128,18 +128,19 @@ class DeepGRPOTrainer(GRPOTrainer):
         cfg = self.config
         roots, batches, metrics = self.collect_roots()
         pivots = [p for batch in batches for p in self.choose_pivots(batch)]
-        parts = [roots]
         metrics.update(self._pivot_metrics(pivots))
+        local = TrainSamples.concat([])
         if pivots:
             branches = self.expand(pivots)
             local, branch_metrics = self.local_samples(pivots, branches)
             metrics.update(branch_metrics)
-            if len(local) >= cfg.min_branch_samples:
-                parts.append(local)
-            metrics["pivot/local_stream_used"] = float(len(local) >= cfg.min_branch_samples and len(local) > 0)
-        samples = TrainSamples.concat(parts)
         if cfg.drop_zero_advantage:
-            samples = samples.select(np.abs(samples.advantages) >= 1e-8)
+            roots = roots.select(np.abs(roots.advantages) >= 1e-8)
+            local = local.select(np.abs(local.advantages) >= 1e-8)
+        # The paper code skipped the local stream when too few branch samples survived the drop.
+        use_local = len(local) > 0 and len(local) >= cfg.min_branch_samples
+        metrics["pivot/local_stream_used"] = float(use_local)
+        samples = TrainSamples.concat([roots, local] if use_local else [roots])
         for s, name in ((GLOBAL_STREAM, "global"), (LOCAL_STREAM, "local")):
             adv = samples.advantages[samples.streams == s]
             metrics[f"adv/{name}_count"] = float(adv.size)
@@ -196,8 +197,8 @@ class DeepGRPOTrainer(GRPOTrainer):
             rewards = np.where(branches.truncated, 0.0, rewards)
         grouped = rewards.reshape(len(pivots), k)
         adv = (grouped - grouped.mean(axis=1, keepdims=True)).reshape(-1)
-        succeeded = (grouped > cfg.failure_threshold).any(axis=1)
-        self.phi.add([p.ratio for p in pivots], succeeded.tolist())
+        succeeded: np.ndarray = np.asarray((grouped > cfg.failure_threshold).any(axis=1))
+        self.phi.add([p.ratio for p in pivots], [bool(x) for x in succeeded])
         contexts = [np.concatenate([p, x]) for p, x in zip(branches.prompt_ids, branches.prefix_ids)]
         samples = TrainSamples(contexts, list(branches.new_ids), adv.astype(np.float32),
                                np.full(adv.shape[0], LOCAL_STREAM, dtype=np.int64))
@@ -210,6 +211,8 @@ class DeepGRPOTrainer(GRPOTrainer):
             "pivot/branch_entropy": float(entropies.mean()) if entropies.size else float("nan"),
             "pivot/branch_generated_tokens": float(branches.generated_tokens),
             "pivot/branch_prefilled_tokens": float(branches.prefilled_tokens),
+            "perf/branch_prefill_s": float(branches.prefill_s),
+            "perf/branch_decode_s": float(branches.decode_s),
         }
         return samples, metrics
 

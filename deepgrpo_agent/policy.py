@@ -56,7 +56,8 @@ def load_policy(model: str, *, device: torch.device, dtype: torch.dtype) -> tupl
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = model_path(model)
-    module = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    module: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    module = module.to(device)
     if getattr(module.config, "quantization_config", None) is not None:
         raise ValueError(
             f"The checkpoint at {path} is quantized and cannot be trained; re-save it in full precision."

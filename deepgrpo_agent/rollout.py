@@ -18,6 +18,7 @@ graded. ``copy=False`` saves a token-buffer copy per step.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,6 +98,8 @@ class RolloutBatch:
         prefilled_tokens: Prompt/prefix tokens prefilled in total (each start sequence once).
         states: Each row's env state at the end of generation; use :meth:`prefix_state` to get a
             state inside a trajectory (a pivot) for :func:`branch_rollouts`.
+        prefill_s: Wall time of the prefill (``engine.start``).
+        decode_s: Wall time of the decode loop (env steps and grading included).
     """
 
     problem_index: npt.NDArray[np.int64]
@@ -115,6 +118,8 @@ class RolloutBatch:
     generated_tokens: int
     prefilled_tokens: int
     states: list[EnvState] = field(default_factory=list)
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
 
     def __len__(self) -> int:
         return int(self.problem_index.shape[0])
@@ -130,9 +135,7 @@ class RolloutBatch:
             raise ValueError(
                 f"Expected 0 <= `depth` < {state.depth} (row {row}'s response length), got {depth}."
             )
-        return dataclasses.replace(
-            state, response_ids=state.response_ids[:depth], terminated=False, truncated=False
-        )
+        return state.prefix(depth)
 
 
 def rollout_loop(
@@ -245,11 +248,14 @@ def collect_rollouts(
     rows = np.arange(n)
     _park_others(venv, n)
     prompts = [venv.prompt_ids(i * group_size) for i in range(len(indices))]
+    t0 = time.perf_counter()
     session = engine.start(prompts, params, repeat=int(group_size))
+    t1 = time.perf_counter()
     result = rollout_loop(venv, session, rows, params, generator)
+    t2 = time.perf_counter()
     empty = np.zeros(0, dtype=np.int64)
     empty.setflags(write=False)
-    return _assemble(
+    batch = _assemble(
         venv,
         rows,
         result,
@@ -258,6 +264,8 @@ def collect_rollouts(
         [empty] * n,
         _prefilled(session, prompts),
     )
+    batch.prefill_s, batch.decode_s = t1 - t0, t2 - t1
+    return batch
 
 
 def branch_rollouts(
@@ -296,9 +304,12 @@ def branch_rollouts(
     rows = np.arange(n)
     _park_others(venv, n)
     starts = [np.concatenate([s.prompt_ids, s.response_ids]) for s in states]
+    t0 = time.perf_counter()
     session = engine.start(starts, params, repeat=int(branches))
+    t1 = time.perf_counter()
     result = rollout_loop(venv, session, rows, params, generator)
-    return _assemble(
+    t2 = time.perf_counter()
+    batch = _assemble(
         venv,
         rows,
         result,
@@ -307,6 +318,8 @@ def branch_rollouts(
         [states[i // branches].response_ids for i in range(n)],
         _prefilled(session, starts),
     )
+    batch.prefill_s, batch.decode_s = t1 - t0, t2 - t1
+    return batch
 
 
 # -- helpers ------------------------------------------------------------------------------------------

@@ -222,9 +222,33 @@ class GRPOTrainer:
             metrics = self.train_step()
             for cb in self.callbacks:
                 cb.on_step_end(self, self.step, metrics)
+        if hasattr(self.model, "save_pretrained"):
+            self.export(self.output_dir / "final_model")
         for cb in self.callbacks:
             cb.on_train_end(self)
         return metrics
+
+    def export(self, path: Path) -> Path:
+        """Saves the policy (and tokenizer) as a transformers checkpoint directory, atomically.
+
+        ``deepgrpo eval --model PATH`` and ``GRPOConfig(model=PATH)`` load it.
+        """
+        import shutil
+        import tempfile
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
+        try:
+            self.model.save_pretrained(tmp, safe_serialization=True)  # type: ignore[operator]
+            if self.tokenizer is not None and hasattr(self.tokenizer, "save_pretrained"):
+                self.tokenizer.save_pretrained(tmp)
+            if path.exists():
+                shutil.rmtree(path)
+            tmp.rename(path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return path
 
     def train_step(self) -> dict[str, float]:
         """One step: :meth:`collect` -> :meth:`compute_advantages` (inside collect) -> :meth:`update`."""
@@ -238,7 +262,7 @@ class GRPOTrainer:
         metrics.update({
             "perf/collect_s": t1 - t0, "perf/update_s": t2 - t1, "perf/step_s": t2 - t0,
             "perf/generated_tokens_per_s": gen / max(t1 - t0, 1e-9),
-            "train/learning_rate": self.scheduler.get_last_lr()[0],
+            "train/learning_rate": float(self.scheduler.get_last_lr()[0]),
         })
         metrics.update(self.budget.metrics())
         return metrics
@@ -246,7 +270,7 @@ class GRPOTrainer:
     def next_problems(self, count: int) -> np.ndarray:
         """The next ``count`` training problems (epochs of seeded permutations of the train split)."""
         lo, hi = self.train_range
-        out = []
+        out: list[int] = []
         while len(out) < count:
             if self._order.size == 0:
                 self._order = self.rng.permutation(np.arange(lo, hi))
@@ -337,6 +361,8 @@ class GRPOTrainer:
             "rollout/unscorable_fraction": float(stats.unscorable_fraction),
             "rollout/generated_tokens": float(sum(b.generated_tokens for b in batches)),
             "rollout/sequences": float(len(rewards)),
+            "perf/root_prefill_s": float(sum(b.prefill_s for b in batches)),
+            "perf/root_decode_s": float(sum(b.decode_s for b in batches)),
         }
 
     # -- evaluation -------------------------------------------------------------------------------
@@ -349,7 +375,7 @@ class GRPOTrainer:
             self._eval_env = self._make_env(self.eval_env_id, len(self.eval_indices) * max(cfg.pass_k, 1),
                                             max_tokens)
         metrics = evaluate_policy(
-            self._eval_env, self.engine, self.eval_indices,
+            self._eval_env, self.engine, self.eval_indices.tolist(),
             max_new_tokens=cfg.eval_max_new_tokens or cfg.max_new_tokens, pass_k=cfg.pass_k,
             temperature=cfg.temperature, seed=cfg.seed + 7919 * (step + 1),
         )

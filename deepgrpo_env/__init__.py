@@ -3,9 +3,17 @@
 Importing this package registers every environment id (see :mod:`envs_registry`).
 """
 
+import envs_registry  # noqa: F401  (registers the ids)
+from deepgrpo_env.arithmetic import (
+    ArithmeticEnv,
+    ArithmeticSource,
+    ArithmeticVectorEnv,
+    ArithmeticVerifier,
+    CharCodec,
+)
 from deepgrpo_env.codec import Codec, HFCodec, as_codec
 from deepgrpo_env.core import EpisodeLimits
-from deepgrpo_env.datasets import DATASETS, load_dataset, load_jsonl
+from deepgrpo_env.datasets import DATASETS, DatasetInfo, as_problems, load_dataset, load_jsonl
 from deepgrpo_env.env import ReasoningEnv
 from deepgrpo_env.grading import Grade, Grader, VerifierError
 from deepgrpo_env.problems import Problem
@@ -13,8 +21,9 @@ from deepgrpo_env.prompts import PromptTemplate
 from deepgrpo_env.sources import DatasetSource, ProblemSource
 from deepgrpo_env.state import EnvState
 from deepgrpo_env.vector import ReasoningVectorEnv
-from deepgrpo_env.verifiers import MathVerifier, NumericVerifier, Verifier
+from deepgrpo_env.verifiers import MathVerifier, NumericVerifier, Verifier, verifier_for
 from deepgrpo_env.wrappers import (
+    BudgetIsTerminal,
     FormatReward,
     LengthPenalty,
     StateForwardingWrapper,
@@ -23,9 +32,7 @@ from deepgrpo_env.wrappers import (
     reset_to,
     snapshot,
 )
-
-import envs_registry  # noqa: E402,F401  (registers the ids)
-from envs_registry import list_envs  # noqa: E402
+from envs_registry import list_envs
 
 MathReasoningEnv = ReasoningEnv
 """Alias: the env behind every ``MathReasoning-*`` id."""
@@ -34,6 +41,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DATASETS",
+    "ArithmeticEnv",
+    "ArithmeticSource",
+    "ArithmeticVectorEnv",
+    "ArithmeticVerifier",
+    "BudgetIsTerminal",
+    "CharCodec",
+    "DatasetInfo",
+    "as_problems",
+    "verifier_for",
     "Codec",
     "DatasetSource",
     "EnvState",

@@ -482,6 +482,27 @@ def _resolve_verifier(verifier: VerifierArg) -> VerifierArg:
     return ArithmeticVerifier() if verifier == "auto" else verifier
 
 
+def _env_kwargs(
+    level: int,
+    seed: int,
+    max_operand: int,
+    num_problems: int,
+    max_prompt_tokens: int | None,
+    max_response_tokens: int | None,
+    verifier: VerifierArg,
+) -> dict[str, Any]:
+    """Constructor arguments shared by the single and the vector Arithmetic env."""
+    source = ArithmeticSource(level, seed=seed, num_problems=num_problems, max_operand=max_operand)
+    prompt_tokens, response_tokens = default_limits(level, max_operand)
+    return {
+        "problems": source,
+        "tokenizer": CharCodec(),
+        "verifier": _resolve_verifier(verifier),
+        "max_prompt_tokens": prompt_tokens if max_prompt_tokens is None else max_prompt_tokens,
+        "max_response_tokens": response_tokens if max_response_tokens is None else max_response_tokens,
+    }
+
+
 class ArithmeticEnv(ReasoningEnv):
     """Multi-step arithmetic, written one character token at a time.
 
@@ -543,19 +564,9 @@ class ArithmeticEnv(ReasoningEnv):
         grade_timeout: float = 5.0,
         render_mode: str | None = None,
     ) -> None:
-        source = ArithmeticSource(level, seed=seed, num_problems=num_problems, max_operand=max_operand)
-        prompt_tokens, response_tokens = default_limits(level, max_operand)
-        super().__init__(
-            source,
-            tokenizer=CharCodec(),
-            verifier=_resolve_verifier(verifier),
-            prompt=prompt,
-            max_prompt_tokens=prompt_tokens if max_prompt_tokens is None else max_prompt_tokens,
-            max_response_tokens=response_tokens if max_response_tokens is None else max_response_tokens,
-            grade_timeout=grade_timeout,
-            render_mode=render_mode,
-        )
-        self.level = source.level
+        shared = _env_kwargs(level, seed, max_operand, num_problems, max_prompt_tokens, max_response_tokens, verifier)
+        super().__init__(prompt=prompt, grade_timeout=grade_timeout, render_mode=render_mode, **shared)
+        self.level = level
 
 
 class ArithmeticVectorEnv(ReasoningVectorEnv):
@@ -584,23 +595,18 @@ class ArithmeticVectorEnv(ReasoningVectorEnv):
         copy: bool = True,
         render_mode: str | None = None,
     ) -> None:
-        source = ArithmeticSource(level, seed=seed, num_problems=num_problems, max_operand=max_operand)
-        prompt_tokens, response_tokens = default_limits(level, max_operand)
+        shared = _env_kwargs(level, seed, max_operand, num_problems, max_prompt_tokens, max_response_tokens, verifier)
         super().__init__(
             num_envs,
-            source,
-            tokenizer=CharCodec(),
-            verifier=_resolve_verifier(verifier),
             prompt=prompt,
-            max_prompt_tokens=prompt_tokens if max_prompt_tokens is None else max_prompt_tokens,
-            max_response_tokens=response_tokens if max_response_tokens is None else max_response_tokens,
             grade_timeout=grade_timeout,
+            **shared,
             grade_workers=grade_workers,
             autoreset_mode=autoreset_mode,
             copy=copy,
             render_mode=render_mode,
         )
-        self.level = source.level
+        self.level = level
 
 
 __all__ = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
@@ -57,10 +58,12 @@ def resolve_codec(tokenizer: Any, **kwargs: Any) -> Codec:
 def resolve_verifier(verifier: VerifierArg, answer_kind: str) -> Verifier | None:
     """``"auto"`` picks the dataset's verifier (numeric or math); ``None`` disables grading."""
     if verifier == "auto":
-        return verifier_for(answer_kind)  # type: ignore[arg-type]
+        verifier = answer_kind
     if isinstance(verifier, str):
-        if verifier in ("numeric", "math"):
-            return verifier_for(verifier)
+        if verifier == "numeric":
+            return verifier_for("numeric")
+        if verifier == "math":
+            return verifier_for("math")
         raise ValueError(
             f"Expected `verifier` to be a callable, 'auto', 'numeric', 'math' or None, got {verifier!r}."
         )
@@ -70,6 +73,46 @@ def resolve_verifier(verifier: VerifierArg, answer_kind: str) -> Verifier | None
             f"got {type(verifier).__name__}."
         )
     return verifier
+
+
+@dataclass(frozen=True)
+class EnvParts:
+    """What the single and the vector env are built from (one place for both)."""
+
+    core: EpisodeCore
+    verifier: Verifier | None
+    grader: Grader | None
+
+
+def build_parts(
+    num_rows: int,
+    problems: ProblemsArg,
+    *,
+    tokenizer: Any,
+    verifier: VerifierArg,
+    prompt: PromptTemplate | str,
+    max_prompt_tokens: int,
+    max_response_tokens: int,
+    grade_timeout: float,
+    grade_workers: int = 1,
+    stop_token_ids: Sequence[int] | None = None,
+    vocab_size: int | None = None,
+) -> EnvParts:
+    """Resolves the constructor arguments shared by :class:`ReasoningEnv` and the vector env."""
+    source, kind = resolve_source(problems)
+    codec_kwargs: dict[str, Any] = {}
+    if stop_token_ids is not None:
+        codec_kwargs["stop_token_ids"] = stop_token_ids
+    if vocab_size is not None:
+        codec_kwargs["vocab_size"] = vocab_size
+    codec = resolve_codec(tokenizer, **codec_kwargs)
+    template = prompt if isinstance(prompt, PromptTemplate) else PromptTemplate(style=prompt)  # type: ignore[arg-type]
+    core = EpisodeCore(num_rows, codec, source, template, EpisodeLimits(max_prompt_tokens, max_response_tokens))
+    resolved = resolve_verifier(verifier, kind)
+    grader = (
+        Grader(resolved, timeout=grade_timeout, num_workers=grade_workers) if resolved is not None else None
+    )
+    return EnvParts(core, resolved, grader)
 
 
 def observation_space(vocab_size: int, limits: EpisodeLimits) -> spaces.Dict:
@@ -164,20 +207,15 @@ class ReasoningEnv(gym.Env[dict[str, np.ndarray], int]):
                 f"Expected render_mode in {self.metadata['render_modes']} or None, got {render_mode!r}."
             )
         self.render_mode = render_mode
-        source, kind = resolve_source(problems)
-        codec_kwargs: dict[str, Any] = {}
-        if stop_token_ids is not None:
-            codec_kwargs["stop_token_ids"] = stop_token_ids
-        if vocab_size is not None:
-            codec_kwargs["vocab_size"] = vocab_size
-        self.codec = resolve_codec(tokenizer, **codec_kwargs)
-        template = prompt if isinstance(prompt, PromptTemplate) else PromptTemplate(style=prompt)  # type: ignore[arg-type]
-        self.limits = EpisodeLimits(max_prompt_tokens, max_response_tokens)
-        self.core = EpisodeCore(1, self.codec, source, template, self.limits)
-        self.verifier = resolve_verifier(verifier, kind)
-        self.grader = Grader(self.verifier, timeout=grade_timeout) if self.verifier is not None else None
-        self.action_space = spaces.Discrete(self.codec.vocab_size)
-        self.observation_space = observation_space(self.codec.vocab_size, self.limits)
+        parts = build_parts(
+            1, problems, tokenizer=tokenizer, verifier=verifier, prompt=prompt,
+            max_prompt_tokens=max_prompt_tokens, max_response_tokens=max_response_tokens,
+            grade_timeout=grade_timeout, stop_token_ids=stop_token_ids, vocab_size=vocab_size,
+        )
+        self.core, self.verifier, self.grader = parts.core, parts.verifier, parts.grader
+        self.codec, self.limits = self.core.codec, self.core.limits
+        self.action_space: spaces.Space[Any] = spaces.Discrete(self.codec.vocab_size)
+        self.observation_space: spaces.Space[Any] = observation_space(self.codec.vocab_size, self.limits)
 
     @property
     def source(self) -> ProblemSource:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,20 @@ class EnvState:
     def done(self) -> bool:
         """The episode has ended (terminated or truncated)."""
         return self.terminated or self.truncated
+
+    def prefix(self, depth: int) -> EnvState:
+        """The state of the same episode after only ``depth`` response tokens (not ended).
+
+        Exact because stepping appends tokens and never draws from the env's generator: an earlier
+        state differs from a later one only in its response and end flags. This is how pivots inside a
+        finished trajectory are restored without having snapshotted every depth.
+        """
+        if not 0 <= depth <= self.depth:
+            raise ValueError(f"Expected 0 <= `depth` <= {self.depth}, got {depth}.")
+        if depth == self.depth and self.done:
+            raise ValueError("The full-depth prefix of an ended episode is the ended state itself; pick a smaller depth.")
+        view = self.response_ids[:depth]
+        return dataclasses.replace(self, response_ids=view, terminated=False, truncated=False)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, EnvState):

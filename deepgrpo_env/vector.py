@@ -13,17 +13,14 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
-from deepgrpo_env.core import EpisodeCore, EpisodeLimits, rows_of
+from deepgrpo_env.core import rows_of
 from deepgrpo_env.env import (
     ProblemsArg,
     VerifierArg,
+    build_parts,
     grade_info,
     observation_space,
-    resolve_codec,
-    resolve_source,
-    resolve_verifier,
 )
-from deepgrpo_env.grading import Grader
 from deepgrpo_env.prompts import PromptTemplate
 from deepgrpo_env.state import EnvState
 
@@ -86,22 +83,14 @@ class ReasoningVectorEnv(gym.vector.VectorEnv[dict[str, np.ndarray], np.ndarray,
         self.render_mode = render_mode
         self.num_envs = int(num_envs)
         self.copy = copy
-        source, kind = resolve_source(problems)
-        codec_kwargs: dict[str, Any] = {}
-        if stop_token_ids is not None:
-            codec_kwargs["stop_token_ids"] = stop_token_ids
-        if vocab_size is not None:
-            codec_kwargs["vocab_size"] = vocab_size
-        self.codec = resolve_codec(tokenizer, **codec_kwargs)
-        template = prompt if isinstance(prompt, PromptTemplate) else PromptTemplate(style=prompt)  # type: ignore[arg-type]
-        self.limits = EpisodeLimits(max_prompt_tokens, max_response_tokens)
-        self.core = EpisodeCore(self.num_envs, self.codec, source, template, self.limits)
-        self.verifier = resolve_verifier(verifier, kind)
-        self.grader = (
-            Grader(self.verifier, timeout=grade_timeout, num_workers=grade_workers)
-            if self.verifier is not None
-            else None
+        parts = build_parts(
+            self.num_envs, problems, tokenizer=tokenizer, verifier=verifier, prompt=prompt,
+            max_prompt_tokens=max_prompt_tokens, max_response_tokens=max_response_tokens,
+            grade_timeout=grade_timeout, grade_workers=grade_workers, stop_token_ids=stop_token_ids,
+            vocab_size=vocab_size,
         )
+        self.core, self.verifier, self.grader = parts.core, parts.verifier, parts.grader
+        self.codec, self.limits = self.core.codec, self.core.limits
         self.single_action_space = spaces.Discrete(self.codec.vocab_size)
         self.single_observation_space = observation_space(self.codec.vocab_size, self.limits)
         self.action_space = batch_space(self.single_action_space, self.num_envs)

@@ -91,13 +91,11 @@ def snapshot(env: gym.Env) -> EnvState:
 def reset_to(env: gym.Env, state: EnvState) -> tuple[Any, dict[str, Any]]:
     """Restores ``state`` into ``env`` through any stack of wrappers (see the module docstring)."""
     layers = _chain(env)
-    for depth, layer in enumerate(layers):
-        if _own(layer, "reset_to"):
-            obs, info = layer.reset_to(state)  # type: ignore[attr-defined]
-            break
-    else:
+    owner = next((k for k, layer in enumerate(layers) if _own(layer, "reset_to")), None)
+    if owner is None:
         raise TypeError(f"No layer of {env} has reset_to(); expected a deepgrpo environment underneath.")
-    for above in reversed(layers[:depth]):
+    obs, info = layers[owner].reset_to(state)  # type: ignore[attr-defined]
+    for above in reversed(layers[:owner]):
         _sync(above, state)
         if isinstance(above, gym.ObservationWrapper):
             obs = above.observation(obs)
@@ -234,3 +232,17 @@ class LengthPenalty(StateForwardingWrapper):
             info = dict(info, length_penalty=penalty)
             reward = float(reward) - penalty
         return obs, reward, terminated, truncated, info
+
+
+class BudgetIsTerminal(StateForwardingWrapper):
+    """Reports running out of response budget as ``terminated`` instead of ``truncated``.
+
+    For classic RL libraries (Stable-Baselines3): they treat ``truncated`` as a time limit outside
+    the task and bootstrap from the final observation's value. In a reasoning env the episode really
+    is over when the budget runs out (the response has been graded and nothing can follow), and that
+    bootstrapped value feeds on itself. LLM trainers in this library do not need this wrapper.
+    """
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, terminated or truncated, False, info

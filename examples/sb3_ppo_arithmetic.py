@@ -31,7 +31,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 import deepgrpo_env  # noqa: F401  (registers Arithmetic-v0)
-from deepgrpo_env import FormatReward
+from deepgrpo_env import BudgetIsTerminal, FormatReward
 from deepgrpo_env.arithmetic import extract_answer
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -51,22 +51,8 @@ torch.set_num_threads(1)  # the networks are tiny; one thread is fastest
 ENV_KWARGS = {"level": 1, "max_operand": args.max_operand, "max_response_tokens": 3}
 
 
-class BudgetEndsEpisode(gym.Wrapper):
-    """Reports running out of response budget as ``terminated`` instead of ``truncated``.
-
-    SB3 treats ``truncated`` as a time limit outside the task and adds the value of the final
-    observation to the reward. Here the episode really is over (the response was graded and
-    nothing can follow), and that bootstrapped value feeds on itself: without this wrapper PPO
-    converges to confident nonsense such as ``"8::"``.
-    """
-
-    def step(self, action: int):  # type: ignore[override]
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        return obs, reward, terminated or truncated, False, info
-
-
 def make_env() -> gym.Env:
-    env = BudgetEndsEpisode(gym.make("Arithmetic-v0", **ENV_KWARGS))
+    env = BudgetIsTerminal(gym.make("Arithmetic-v0", **ENV_KWARGS))
     return FormatReward(env, bonus=args.format_bonus, pattern=r"=\d")
 
 

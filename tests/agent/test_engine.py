@@ -7,27 +7,17 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from deepgrpo_agent.engine.hf import HFEngine, _inverse_cdf
 from deepgrpo_agent.engine.protocol import SamplingParams
+from tests.agent import tiny
 
 VOCAB = 48  # the "env" action space; the model has 64 logits, so ids 48..63 must never be drawn
 
 
 def tiny_model(seed: int = 0, dropout: float = 0.0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        attention_dropout=dropout,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny.tiny_model(64, seed, max_position_embeddings=128, attention_dropout=dropout).eval()
 
 
 SEQS = [np.array([3, 4, 5, 6, 7, 8, 9]), np.array([10, 11]), np.array([12, 13, 14, 15])]

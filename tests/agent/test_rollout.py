@@ -8,30 +8,21 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from deepgrpo_agent.engine.hf import HFEngine
 from deepgrpo_agent.engine.protocol import SamplingParams
 from deepgrpo_agent.rollout import CUT_STATUS, branch_rollouts, collect_rollouts
 from deepgrpo_env.prompts import PromptTemplate
 from deepgrpo_env.vector import ReasoningVectorEnv
+from tests.agent import tiny
 from tests.helpers import TINY_PROBLEMS, TinyCodec
 
 BUDGET = 8  # max_response_tokens
 
 
 def tiny_model(seed: int = 0, stop_scale: float = 1.0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-    )
-    model = LlamaForCausalLM(config).eval()
+    model = tiny.tiny_model(64, seed, max_position_embeddings=128).eval()
     with torch.no_grad():
         model.lm_head.weight *= 20.0  # peaky distributions: some rows stop early, others run to the budget
         model.lm_head.weight[1] *= stop_scale  # 0: the stop token (id 1) is never the argmax

@@ -91,7 +91,7 @@ def test_bad_configs_give_clear_errors(tmp_path):
 
     with pytest.raises(ValueError, match="group_size"):
         GRPOConfig(group_size=1)
-    with pytest.raises(ValueError, match="Did you mean"):
+    with pytest.raises(ValueError, match=r"Did you mean"):
         GRPOTrainer(tiny_config(tmp_path, env_id="MathReasoning-SVAMPP-v0"), model=tiny_model(VOCAB))
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
         GRPOTrainer(tiny_config(tmp_path, model=str(tmp_path / "nowhere")))

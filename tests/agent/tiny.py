@@ -10,13 +10,17 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from tests.helpers import TINY_PROBLEMS, TinyCodec
 
 
-def tiny_model(vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2) -> LlamaForCausalLM:
+def tiny_model(
+    vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2, **config: Any
+) -> LlamaForCausalLM:
+    """A random-init Llama (4 heads, 2 KV heads); ``config`` overrides LlamaConfig fields."""
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    fields: dict[str, Any] = dict(
         vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False,
     )
-    return LlamaForCausalLM(config).float()
+    fields.update(config)
+    return LlamaForCausalLM(LlamaConfig(**fields)).float()
 
 
 def odd_length(response: str, reference: str) -> float:

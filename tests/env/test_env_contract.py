@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 from deepgrpo_env import EnvState, ReasoningEnv
 from deepgrpo_env.checker import check_reasoning_env
-
 from tests.helpers import TINY_PROBLEMS, TinyCodec
 
 
@@ -221,3 +220,22 @@ def test_gymnasium_check_env_on_tiny_env():
 
     check_env(make_tiny(), skip_render_check=True)
     assert isinstance(make_tiny().action_space, gym.spaces.Discrete)
+
+
+def test_prefix_of_a_later_state_equals_the_earlier_snapshot():
+    env = make_tiny(max_response_tokens=20)
+    env.reset(options={"problem_index": 6})
+    early = None
+    for k, a in enumerate([5, 6, 7, 8, 9, 10]):
+        if k == 2:
+            early = env.snapshot()
+        env.step(a)
+    late = env.snapshot()
+    assert late.prefix(2) == early
+    env.step(1)
+    ended = env.snapshot()
+    assert ended.done and not ended.prefix(3).done
+    with pytest.raises(ValueError, match="depth"):
+        ended.prefix(ended.depth)
+    with pytest.raises(ValueError, match="depth"):
+        late.prefix(99)

@@ -54,7 +54,7 @@ def test_disabled_mode_keeps_ended_envs_inert():
     venv.reset(options={"problem_indices": [0, 1]})
     venv.step(np.array([1, 5]))  # env 0 ends
     obs, rewards, term, _, info = venv.step(np.array([7, 5]))
-    assert term[0] and rewards[0] == 0.0 and "_response" not in info or not info["_response"][0]
+    assert (term[0] and rewards[0] == 0.0 and "_response" not in info) or not info["_response"][0]
     assert obs["length"][0, 0] == obs["prompt_length"][0, 0] + 1  # the ignored 7 was not written
     obs, _ = venv.reset(options={"reset_mask": np.array([True, False])})
     assert not venv.ended[0] and obs["length"][1, 0] == obs["prompt_length"][1, 0] + 2
@@ -65,7 +65,7 @@ def test_next_step_autoreset():
     venv.reset(seed=0)
     _, _, term, _, _ = venv.step(np.array([1, 5]))
     assert term[0]
-    obs, rewards, term, trunc, info = venv.step(np.array([5, 5]))
+    obs, rewards, term, _, info = venv.step(np.array([5, 5]))
     assert not term[0] and rewards[0] == 0.0 and obs["length"][0, 0] == obs["prompt_length"][0, 0]
     assert info["_problem_id"][0] and not info["_problem_id"][1]
 

@@ -17,7 +17,8 @@ def base(**kw) -> ReasoningEnv:
                         max_prompt_tokens=32, max_response_tokens=12, **kw)
 
 
-def say(env, text, codec=TinyCodec()):
+def say(env, text):
+    codec = TinyCodec()
     out = None
     for i in codec.encode(text):
         out = env.step(i)
