@@ -14,6 +14,10 @@ if TYPE_CHECKING:
     from deepgrpo_agent.trainer import GRPOTrainer, TrainSamples
 
 
+SKIP_ZERO_ADVANTAGE_ROWS = True
+"""Skip forward/backward of rows whose advantage is exactly 0 (exact; a switch for tests)."""
+
+
 def _scores(model: torch.nn.Module, samples: TrainSamples, idx: np.ndarray, device: torch.device,
             temperature: float, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     batch = pack([samples.contexts[i] for i in idx], [samples.targets[i] for i in idx], device, pad_id)
@@ -33,8 +37,13 @@ def policy_update(trainer: GRPOTrainer, samples: TrainSamples) -> dict[str, floa
         return {"loss/total": 0.0, "train/skipped_update": 1.0}
     aggregation = get_aggregation(cfg.loss_aggregation)
     weights = trainer.stream_weights()
-    lengths = [len(c) + len(t) for c, t in zip(samples.contexts, samples.targets)]
-    groups = micro_batches(n, cfg.micro_batch_size, lengths)
+    # Rows with advantage exactly 0 have a per-token loss of exactly 0 (for any ratio) and, without
+    # KL, no gradient: skip their forward/backward but keep their tokens in the denominators, so the
+    # update is the same as computing them (zero-variance groups are common early in training).
+    skip = SKIP_ZERO_ADVANTAGE_ROWS and trainer.ref_model is None
+    needed = np.flatnonzero(samples.advantages != 0) if skip else np.arange(n)
+    lengths = [len(samples.contexts[i]) + len(samples.targets[i]) for i in needed]
+    groups = [needed[g] for g in micro_batches(len(needed), cfg.micro_batch_size, lengths)]
     pad_id = 0
     max_tokens = cfg.max_new_tokens
     # Denominators per stream over the whole batch.
@@ -86,6 +95,11 @@ def policy_update(trainer: GRPOTrainer, samples: TrainSamples) -> dict[str, floa
             sums["total"] += float(loss.detach())
             sums["clip_fraction"] += float((clipped & mask).sum())
             sums["tokens"] += float(mask.sum())
+        for p in model.parameters():
+            if p.requires_grad and p.grad is None:
+                # What a forward/backward of the skipped zero-advantage rows would have left: zeros
+                # (AdamW still applies momentum and weight decay, as in the unskipped update).
+                p.grad = torch.zeros_like(p)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         trainer.optimizer.step()
         trainer.scheduler.step()

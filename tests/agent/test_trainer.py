@@ -95,3 +95,27 @@ def test_bad_configs_give_clear_errors(tmp_path):
         GRPOTrainer(tiny_config(tmp_path, env_id="MathReasoning-SVAMPP-v0"), model=tiny_model(VOCAB))
     with pytest.raises(FileNotFoundError, match=r"config\.json"):
         GRPOTrainer(tiny_config(tmp_path, model=str(tmp_path / "nowhere")))
+
+
+@pytest.mark.parametrize("aggregation", ["token-mean", "sequence-mean"])
+def test_skipping_zero_advantage_rows_is_exact(tmp_path, monkeypatch, aggregation):
+    import numpy as np
+
+    from deepgrpo_agent import update
+    from deepgrpo_agent.trainer import TrainSamples
+
+    rng = np.random.default_rng(0)
+    samples = TrainSamples(
+        contexts=[rng.integers(2, VOCAB, size=5) for _ in range(6)],
+        targets=[rng.integers(2, VOCAB, size=n) for n in (3, 4, 2, 5, 1, 3)],
+        advantages=np.array([0.5, 0.0, -0.5, 0.0, 0.0, 1.0], dtype=np.float32),
+        streams=np.zeros(6, dtype=np.int64),
+    )
+    results = []
+    for skip in (True, False):
+        monkeypatch.setattr(update, "SKIP_ZERO_ADVANTAGE_ROWS", skip)
+        trainer = trainer_for(tmp_path / str(skip), loss_aggregation=aggregation, micro_batch_size=2)
+        update.policy_update(trainer, samples)
+        results.append([p.detach().clone() for p in trainer.model.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # Adam step 1e-2; summation order differs
