@@ -47,6 +47,8 @@ from deepgrpo_agent.policy import load_policy, resolve_device, resolve_dtype
 from deepgrpo_agent.rollout import RolloutBatch, collect_rollouts
 from deepgrpo_agent.update import policy_update
 
+_MAX_EPOCH_SIZE = 10_000_000  # above this many training problems, sample i.i.d. instead of by epochs
+
 GLOBAL_STREAM = 0
 """Stream id of root rollouts (the GRPO stream)."""
 
@@ -276,8 +278,12 @@ class GRPOTrainer:
         return metrics
 
     def next_problems(self, count: int) -> np.ndarray:
-        """The next ``count`` training problems (epochs of seeded permutations of the train split)."""
+        """The next ``count`` training problems: epochs of seeded permutations of the train split, or
+        i.i.d. draws when the split is too large to permute (procedural sources)."""
         lo, hi = self.train_range
+        if hi - lo > _MAX_EPOCH_SIZE:
+            # A procedural source (Arithmetic-v0 has 2**31 problems): draw i.i.d., never materialize.
+            return self.rng.integers(lo, hi, size=count, dtype=np.int64)
         out: list[int] = []
         while len(out) < count:
             if self._order.size == 0:
