@@ -8,11 +8,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+
 def _trainer_classes(algo: str) -> tuple[type, type]:
     from deepgrpo_agent.config import GRPOConfig
-    from deepgrpo_agent.trainer import GRPOTrainer
-
     from deepgrpo_agent.deep_grpo import DeepGRPOConfig, DeepGRPOTrainer
+    from deepgrpo_agent.trainer import GRPOTrainer
 
     table: dict[str, tuple[type, type]] = {
         "grpo": (GRPOConfig, GRPOTrainer),

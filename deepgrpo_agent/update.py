@@ -42,7 +42,8 @@ def policy_update(trainer: GRPOTrainer, samples: TrainSamples) -> dict[str, floa
     # update is the same as computing them (zero-variance groups are common early in training).
     skip = SKIP_ZERO_ADVANTAGE_ROWS and trainer.ref_model is None
     needed = np.flatnonzero(samples.advantages != 0) if skip else np.arange(n)
-    lengths = [len(samples.contexts[i]) + len(samples.targets[i]) for i in needed]
+    lengths_of = [len(c) + len(t) for c, t in zip(samples.contexts, samples.targets)]
+    lengths = [lengths_of[i] for i in needed]
     groups = [needed[g] for g in micro_batches(len(needed), cfg.micro_batch_size, lengths)]
     pad_id = 0
     max_tokens = cfg.max_new_tokens
@@ -69,7 +70,7 @@ def policy_update(trainer: GRPOTrainer, samples: TrainSamples) -> dict[str, floa
     totals: dict[str, float] = {}
     for _ in range(cfg.ppo_epochs):
         trainer.optimizer.zero_grad(set_to_none=True)
-        sums = {"total": 0.0, "clip_fraction": 0.0, "kl": 0.0, "tokens": 0.0}
+        sums = {"total": 0.0, "clip_fraction": 0.0, "kl": 0.0, "tokens": 0.0, "processed": 0.0}
         stream_sums = {s: 0.0 for s in denominators}
         for k, idx in enumerate(groups):
             logp, mask = _scores(model, samples, idx, device, cfg.temperature, pad_id)
@@ -95,6 +96,7 @@ def policy_update(trainer: GRPOTrainer, samples: TrainSamples) -> dict[str, floa
             sums["total"] += float(loss.detach())
             sums["clip_fraction"] += float((clipped & mask).sum())
             sums["tokens"] += float(mask.sum())
+            sums["processed"] += float(sum(lengths_of[i] for i in idx))
         for p in model.parameters():
             if p.requires_grad and p.grad is None:
                 # What a forward/backward of the skipped zero-advantage rows would have left: zeros
@@ -109,6 +111,7 @@ def policy_update(trainer: GRPOTrainer, samples: TrainSamples) -> dict[str, floa
             "loss/kl": sums["kl"] / max(sums["tokens"], 1.0),
             "train/grad_norm": float(grad_norm),
             "train/trained_tokens": sums["tokens"],
+            "train/processed_tokens": sums["processed"],
             "train/skipped_update": 0.0,
             **{f"loss/stream_{s}": v for s, v in stream_sums.items()},
         }
