@@ -350,7 +350,7 @@ class GRPOConfig:
     eval_env_id: str | None = None
     """Environment id for held-out evaluation; None = the held-out split of `env_id`'s dataset family."""
     model: str = "default"
-    """Policy to train: "default" (the embedded SmolLM2-135M-Instruct) or a local transformers checkpoint directory."""
+    """Policy to train: "default" (the embedded SmolLM2-135M-Instruct), a local transformers checkpoint directory, or "random-tiny" (a random-init 2-layer Llama sized to the env's action space, for Arithmetic-v0 and smoke runs)."""
     device: str = "auto"
     """Torch device: "auto" (CUDA if available, else CPU), "cpu", "cuda" or "cuda:N"."""
     dtype: DType = "auto"

@@ -51,6 +51,20 @@ def model_path(model: str) -> Path:
     return path
 
 
+RANDOM_TINY = "random-tiny"
+"""``model`` value for a random-init tiny Llama sized to the env (testbeds, smoke runs)."""
+
+
+def random_tiny_model(vocab_size: int, seed: int = 0) -> torch.nn.Module:
+    """A random-init 2-layer Llama (hidden 64) whose vocabulary is the env's action space."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+    return LlamaForCausalLM(config)
+
+
 def load_policy(model: str, *, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
     """Loads ``(model, tokenizer)`` from ``"default"`` or a local directory, ready for training."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -43,7 +43,7 @@ from deepgrpo_agent.config import GRPOConfig, to_dict
 from deepgrpo_agent.engine.hf import HFEngine
 from deepgrpo_agent.engine.protocol import SamplingParams
 from deepgrpo_agent.evaluation import evaluate_policy
-from deepgrpo_agent.policy import load_policy, resolve_device, resolve_dtype
+from deepgrpo_agent.policy import RANDOM_TINY, load_policy, random_tiny_model, resolve_device, resolve_dtype
 from deepgrpo_agent.rollout import RolloutBatch, collect_rollouts
 from deepgrpo_agent.update import policy_update
 
@@ -145,11 +145,10 @@ class GRPOTrainer:
         self.config = config
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
-        if model is None:
+        if model is None and config.model != RANDOM_TINY:
             model, tokenizer = load_policy(
                 config.model, device=self.device, dtype=resolve_dtype(config.dtype, self.device)
             )
-        self.model = model.to(self.device)
         self.tokenizer = tokenizer
         self.output_dir = Path(config.output_dir)
         self.step = 0
@@ -159,6 +158,9 @@ class GRPOTrainer:
         self.env = self._make_env(config.env_id, config.prompts_per_step * config.group_size,
                                   config.max_new_tokens)
         self._setup_problem_split()
+        if model is None:  # "random-tiny": sized to the env, so made after it
+            model = random_tiny_model(int(self.env.single_action_space.n), config.seed)
+        self.model = model.to(self.device)
         self.engine = HFEngine(self.model, vocab_size=self.env.single_action_space.n)
         self.ref_model = self._frozen_copy() if config.kl_coef > 0 else None
         self.optimizer = _adamw(self.model, config)

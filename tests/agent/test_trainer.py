@@ -119,3 +119,15 @@ def test_skipping_zero_advantage_rows_is_exact(tmp_path, monkeypatch, aggregatio
         results.append([p.detach().clone() for p in trainer.model.parameters()])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # Adam step 1e-2; summation order differs
+
+
+def test_random_tiny_model_is_sized_to_the_env(tmp_path):
+    from deepgrpo_agent import GRPOConfig
+    from deepgrpo_env.arithmetic import CharCodec
+
+    config = GRPOConfig(env_id="Arithmetic-v0", model="random-tiny", env_kwargs={"level": 1},
+                        prompts_per_step=2, group_size=2, max_new_tokens=8, total_steps=1, eval_every=0,
+                        save_every=0, tensorboard=False, progress=False, output_dir=str(tmp_path))
+    trainer = GRPOTrainer(config)
+    assert trainer.model.get_input_embeddings().weight.shape[0] == CharCodec().vocab_size
+    assert torch.isfinite(torch.tensor(trainer.train()["loss/total"]))
