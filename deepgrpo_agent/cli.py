@@ -109,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help") or args[0] not in COMMANDS:
         print("usage: deepgrpo {train,eval,main,envs} [options]   (deepgrpo train --help for the flags)")
         for name, fn in COMMANDS.items():
-            print(f"  {name:6s} {(fn.__doc__ or '').strip().splitlines()[0]}")
+            summary = (fn.__doc__ or "").strip().splitlines()[0].replace("``", "")
+            print(f"  {name:6s} {summary}")
         return 0 if (args and args[0] in ("-h", "--help")) or not args else 2
     return COMMANDS[args[0]](args[1:])
 
