@@ -65,7 +65,7 @@ class JSONLLogger(Callback):
             f.write(json.dumps(record, allow_nan=True) + "\n")
 
     def on_step_end(self, trainer: GRPOTrainer, step: int, metrics: dict[str, float]) -> None:
-        if step % trainer.config.log_every == 0 or step == trainer.config.total_steps:
+        if step % trainer.config.log_every == 0 or trainer.finished:
             self._write({"step": step, "kind": "train", "time": time.time(), **_clean(metrics)})
 
     def on_evaluate(self, trainer: GRPOTrainer, step: int, metrics: dict[str, float]) -> None:
@@ -81,7 +81,7 @@ class TensorBoardLogger(Callback):
         self.writer = SummaryWriter(str(logdir))
 
     def on_step_end(self, trainer: GRPOTrainer, step: int, metrics: dict[str, float]) -> None:
-        if step % trainer.config.log_every == 0 or step == trainer.config.total_steps:
+        if step % trainer.config.log_every == 0 or trainer.finished:
             self._scalars(step, metrics)
 
     def _scalars(self, step: int, metrics: dict[str, float]) -> None:
@@ -143,13 +143,23 @@ class ProgressBar(Callback):
 
 
 class EvalCallback(Callback):
-    """Evaluates on the held-out problems every ``every`` steps (and after the last step)."""
+    """Evaluates on the held-out problems every ``every`` steps, each time the generated-token count
+    crosses a multiple of ``every_tokens``, and after the last step (when either is on)."""
 
-    def __init__(self, every: int) -> None:
+    def __init__(self, every: int, every_tokens: int = 0) -> None:
         self.every = every
+        self.every_tokens = every_tokens
+        self._tokens_seen = 0
+
+    def on_train_begin(self, trainer: GRPOTrainer) -> None:
+        self._tokens_seen = trainer.budget.generated_tokens
 
     def on_step_end(self, trainer: GRPOTrainer, step: int, metrics: dict[str, float]) -> None:
-        if self.every > 0 and (step % self.every == 0 or step == trainer.config.total_steps):
+        tokens, before = trainer.budget.generated_tokens, self._tokens_seen
+        self._tokens_seen = tokens
+        by_steps = self.every > 0 and step % self.every == 0
+        by_tokens = self.every_tokens > 0 and tokens // self.every_tokens > before // self.every_tokens
+        if by_steps or by_tokens or ((self.every > 0 or self.every_tokens > 0) and trainer.finished):
             trainer.evaluate(step)
 
 
@@ -160,5 +170,5 @@ class CheckpointCallback(Callback):
         self.every = every
 
     def on_step_end(self, trainer: GRPOTrainer, step: int, metrics: dict[str, float]) -> None:
-        if (self.every > 0 and step % self.every == 0) or step == trainer.config.total_steps:
+        if (self.every > 0 and step % self.every == 0) or trainer.finished:
             trainer.save_checkpoint()

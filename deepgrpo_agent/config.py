@@ -373,6 +373,8 @@ class GRPOConfig:
     # -- optimisation
     total_steps: int = 50
     """Training steps (each: collect rollouts, compute advantages, update)."""
+    max_generated_tokens: int | None = None
+    """Generated-token budget (roots + branches, methods.md §5): training stops after the step that reaches it, or at `total_steps`, whichever comes first; None = steps only."""
     learning_rate: float = 1e-6
     """AdamW learning rate (the paper's runs: 1e-6)."""
     weight_decay: float = 0.01
@@ -409,6 +411,8 @@ class GRPOConfig:
     # -- evaluation
     eval_every: int = 10
     """Evaluate on held-out problems before training, every this many steps and after the last; 0 = never."""
+    eval_every_tokens: int = 0
+    """Also evaluate each time the generated-token count crosses a multiple of this (equal-budget curves); 0 = off."""
     eval_problems: int = 64
     """Held-out problems per evaluation."""
     eval_max_new_tokens: int | None = None
@@ -470,6 +474,9 @@ class GRPOConfig:
             ),
             (0.0 < self.top_p <= 1.0, "top_p", "in (0, 1]", "Use 1.0 to turn nucleus sampling off."),
             (self.total_steps >= 1, "total_steps", ">= 1", "Train for at least one step."),
+            (self.max_generated_tokens is None or self.max_generated_tokens >= 1, "max_generated_tokens",
+             ">= 1 or None", "Use None for no token budget."),
+            (self.eval_every_tokens >= 0, "eval_every_tokens", ">= 0", "Use 0 to turn it off."),
             (
                 0.0 <= self.learning_rate < math.inf,
                 "learning_rate",

@@ -214,7 +214,7 @@ class GRPOTrainer:
             out.append(WandbLogger("deepgrpo", to_dict(cfg), cfg.run_name))
         if cfg.progress:
             out.append(ProgressBar())
-        out += [EvalCallback(cfg.eval_every), CheckpointCallback(cfg.save_every)]
+        out += [EvalCallback(cfg.eval_every, cfg.eval_every_tokens), CheckpointCallback(cfg.save_every)]
         return out
 
     def sampling(self) -> SamplingParams:
@@ -224,13 +224,13 @@ class GRPOTrainer:
 
     # -- the template method ----------------------------------------------------------------------
     def train(self) -> dict[str, float]:
-        """Runs until ``total_steps``; returns the last step's metrics."""
+        """Runs until ``total_steps`` or the ``max_generated_tokens`` budget; returns the last step's metrics."""
         for cb in self.callbacks:
             cb.on_train_begin(self)
-        if self.step == 0 and self.config.eval_every > 0:
+        if self.step == 0 and (self.config.eval_every > 0 or self.config.eval_every_tokens > 0):
             self.evaluate(0)
         metrics: dict[str, float] = {}
-        while self.step < self.config.total_steps:
+        while not self.finished:
             metrics = self.train_step()
             for cb in self.callbacks:
                 cb.on_step_end(self, self.step, metrics)
@@ -239,6 +239,14 @@ class GRPOTrainer:
         for cb in self.callbacks:
             cb.on_train_end(self)
         return metrics
+
+    @property
+    def finished(self) -> bool:
+        """True once ``total_steps`` steps ran or the generated-token budget is spent."""
+        limit = self.config.max_generated_tokens
+        return self.step >= self.config.total_steps or (
+            limit is not None and self.budget.generated_tokens >= limit
+        )
 
     def export(self, path: Path) -> Path:
         """Saves the policy (and tokenizer) as a transformers checkpoint directory, atomically.
@@ -396,6 +404,7 @@ class GRPOTrainer:
             temperature=cfg.temperature, seed=cfg.seed + 7919 * (step + 1),
         )
         self.model.train()
+        metrics["budget/generated_tokens"] = float(self.budget.generated_tokens)  # x axis of equal-budget curves
         self.eval_history.append({"step": float(step), **metrics})
         for cb in self.callbacks:
             cb.on_evaluate(self, step, metrics)
