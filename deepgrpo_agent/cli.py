@@ -10,21 +10,16 @@ from typing import Any
 
 
 def _trainer_classes(algo: str) -> tuple[type, type]:
-    from deepgrpo_agent.config import GRPOConfig
-    from deepgrpo_agent.deep_grpo import DeepGRPOConfig, DeepGRPOTrainer
-    from deepgrpo_agent.trainer import GRPOTrainer
+    from deepgrpo_agent.algorithms import get_algorithm
 
-    table: dict[str, tuple[type, type]] = {
-        "grpo": (GRPOConfig, GRPOTrainer),
-        "deep-grpo": (DeepGRPOConfig, DeepGRPOTrainer),
-    }
-    if algo not in table:
-        raise SystemExit(f"Unknown --algo {algo!r}; expected one of {sorted(table)}.")
-    return table[algo]
+    try:
+        return get_algorithm(algo)
+    except ValueError as e:
+        raise SystemExit(f"--algo: {e}") from e
 
 
 def cmd_train(argv: Sequence[str]) -> int:
-    """``deepgrpo train [--algo grpo|deep-grpo] [--config FILE.yaml] [--field value ...]``."""
+    """``deepgrpo train [--algo grpo|deep-grpo|erpo|deep-erpo|treerl] [--config FILE.yaml] [--field value ...]``."""
     from deepgrpo_agent.config_cli import parse_config
 
     pre = argparse.ArgumentParser(add_help=False)
@@ -91,6 +86,18 @@ def cmd_main(argv: Sequence[str]) -> int:
     return cmd_train(MAIN_JOB + list(argv))
 
 
+def cmd_compare(argv: Sequence[str]) -> int:
+    """``deepgrpo compare [--strategies ...] [--seeds ...] [--token-budget N] [--list]``: equal-budget comparison."""
+    from deepgrpo_agent.compare import CompareConfig, describe_strategies, run_comparison
+    from deepgrpo_agent.config_cli import parse_config
+
+    if "--list" in argv:
+        print(describe_strategies())
+        return 0
+    run_comparison(parse_config(CompareConfig, list(argv), prog="deepgrpo compare"))
+    return 0
+
+
 def cmd_envs(argv: Sequence[str]) -> int:
     """``deepgrpo envs``: every registered id with its description."""
     import envs_registry
@@ -100,14 +107,14 @@ def cmd_envs(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "main": cmd_main, "envs": cmd_envs}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "main": cmd_main, "compare": cmd_compare, "envs": cmd_envs}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``deepgrpo`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help") or args[0] not in COMMANDS:
-        print("usage: deepgrpo {train,eval,main,envs} [options]   (deepgrpo train --help for the flags)")
+        print("usage: deepgrpo {train,eval,main,compare,envs} [options]   (deepgrpo train --help for the flags)")
         for name, fn in COMMANDS.items():
             summary = (fn.__doc__ or "").strip().splitlines()[0].replace("``", "")
             print(f"  {name:6s} {summary}")

@@ -1,0 +1,493 @@
+"""Exploration strategies side by side: strategies x seeds at an equal generated-token budget.
+
+:func:`run_comparison` trains every (strategy, seed) pair of a :class:`CompareConfig` on one env until
+each has generated the same number of tokens (methods.md §5: roots + branches), evaluating on the same
+held-out problems at the same token marks, then writes:
+
+- ``runs.csv``: one row per run (final / best held-out accuracy, tokens, steps, wall time);
+- ``results.csv`` and ``results.json``: mean and std over seeds per strategy (the JSON also holds
+  every curve);
+- ``comparison.png`` and ``accuracy.png``: accuracy vs generated tokens, entropy, response length,
+  pivot-depth histogram, branch success rate and zero-variance-group fraction.
+
+Each run lives in ``<output_dir>/<strategy>/seed<k>`` with its own checkpoints, so an interrupted
+comparison resumes where it stopped: finished runs are read back, a cut run continues from its last
+checkpoint. A strategy is a name for an algorithm plus config values (:data:`STRATEGIES`): GRPO-N
+is ``group_size = N``, configuration and not code.
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import hashlib
+import json
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepgrpo_agent.algorithms import get_algorithm
+from deepgrpo_agent.callbacks import Callback
+from deepgrpo_agent.config import check_types, from_dict, to_dict
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """An exploration strategy: an algorithm from :data:`~deepgrpo_agent.algorithms.ALGORITHMS` plus
+    the config values that make it this strategy."""
+
+    algo: str
+    overrides: Mapping[str, Any]
+    description: str
+
+
+STRATEGIES: dict[str, Strategy] = {
+    "grpo": Strategy("grpo", {}, "GRPO: `group_size` roots per prompt, mean-centred advantages (§1)"),
+    **{
+        f"grpo-n{n}": Strategy("grpo", {"group_size": n}, f"GRPO-N scaling baseline with G = {n} roots (§1)")
+        for n in (8, 16, 32, 64)
+    },
+    "deep-grpo": Strategy("deep-grpo", {}, "DEEP-GRPO p1b8, gamma = 2, utility pivots (§2)"),
+    "deep-grpo-random-pivot": Strategy(
+        "deep-grpo", {"pivot_sampling": "uniform"}, "DEEP-GRPO with uniform pivots (the paper's ablation)"
+    ),
+    "erpo": Strategy("erpo", {}, "ERPO: raised temperature on prompts that were all-correct (§3)"),
+    "deep-erpo": Strategy("deep-erpo", {}, "DEEP-GRPO pivots + ERPO temperatures"),
+    "treerl": Strategy("treerl", {"fork_selection": "entropy"}, "TreeRL EPTree (M, N, L, T) = (6, 2, 1, 2) (§4)"),
+    "uniform-tree": Strategy("treerl", {"fork_selection": "uniform"}, "Uniform random forks, TreeRL's budget (§4)"),
+}
+"""Named strategies ``deepgrpo compare --strategies`` accepts."""
+
+TESTBED_MODEL = "arithmetic-testbed"
+"""The shipped tiny policy the default comparison runs on (see :mod:`deepgrpo_agent.testbed`)."""
+
+
+def _testbed_env_kwargs() -> dict[str, Any]:
+    try:
+        from deepgrpo_agent.testbed import TESTBED_ENV_KWARGS
+    except ImportError:  # pragma: no cover - the testbed module ships with the package
+        return {"level": 3}
+    return dict(TESTBED_ENV_KWARGS)
+
+
+@dataclass
+class CompareConfig:
+    """A comparison: strategies x seeds on one env at an equal generated-token budget.
+
+    The defaults are the README's testbed comparison (the shipped tiny policy on Arithmetic-v0).
+    """
+
+    strategies: tuple[str, ...] = ("grpo", "deep-grpo", "erpo", "treerl", "uniform-tree")
+    """Strategy names (see `deepgrpo compare --list`); GRPO-N is grpo-n8 / grpo-n16 / grpo-n32 / grpo-n64."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Seeds; every strategy runs once per seed (problem order, sampling and strategy randomness)."""
+    token_budget: int = 150_000
+    """Generated tokens (roots + branches) each run may spend; a run stops after the step that reaches it."""
+    num_evals: int = 6
+    """Held-out evaluations along the budget (one each budget/num_evals tokens), plus one before training."""
+    env_id: str = "Arithmetic-v0"
+    """Registered environment id all strategies train on."""
+    env_kwargs: dict[str, Any] = field(default_factory=_testbed_env_kwargs)
+    """Environment arguments; the default is the level the testbed policy was trained for."""
+    model: str = TESTBED_MODEL
+    """Initial policy of every run: "arithmetic-testbed", "default", "random-tiny" or a checkpoint directory."""
+    train: dict[str, Any] = field(default_factory=lambda: {
+        "prompts_per_step": 8, "group_size": 8, "learning_rate": 1e-4, "micro_batch_size": 64,
+    })
+    """Trainer config values shared by every strategy (JSON on the command line), e.g. {"learning_rate": 1e-4}."""
+    strategy_overrides: dict[str, Any] = field(default_factory=dict)
+    """Per-strategy config values, e.g. {"deep-grpo": {"branches_per_pivot": 4}}; they win over `train`."""
+    eval_problems: int = 256
+    """Held-out problems per evaluation (the same problems for every run)."""
+    pass_k: int = 0
+    """Also measure pass@k at each evaluation (k samples per problem); 0 = greedy accuracy only."""
+    save_every: int = 10
+    """Checkpoint every this many steps so that a cut comparison resumes close to where it stopped."""
+    output_dir: str = "runs/compare"
+    """Where runs, tables and plots go; rerunning with the same config resumes and reuses finished runs."""
+    plots: bool = True
+    """Write PNG plots (needs matplotlib)."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        unknown = [s for s in self.strategies if s not in STRATEGIES]
+        if unknown:
+            raise ValueError(
+                f"Unknown strategies {unknown}; expected names from {sorted(STRATEGIES)} "
+                "(`deepgrpo compare --list` describes them)."
+            )
+        if not self.strategies or len(set(self.strategies)) != len(self.strategies):
+            raise ValueError(f"Expected one or more distinct strategies, got {list(self.strategies)}.")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"Expected one or more distinct seeds, got {list(self.seeds)}.")
+        for name, value, low in (("token_budget", self.token_budget, 1), ("num_evals", self.num_evals, 1),
+                                 ("eval_problems", self.eval_problems, 1), ("pass_k", self.pass_k, 0),
+                                 ("save_every", self.save_every, 0)):
+            if value < low:
+                raise ValueError(f"Expected `{name}` >= {low}, got {value}.")
+        stray = [k for k in self.strategy_overrides if k not in self.strategies]
+        if stray:
+            raise ValueError(
+                f"`strategy_overrides` names strategies {stray} that are not in `strategies` {list(self.strategies)}; "
+                "add them to `strategies` or drop their overrides."
+            )
+        bad = [k for k, v in self.strategy_overrides.items() if not isinstance(v, dict)]
+        if bad:
+            raise ValueError(f"Expected `strategy_overrides` to map strategy names to dicts of config values, "
+                             f"got non-dict values for {bad}.")
+
+
+# -- one run ----------------------------------------------------------------------------------------
+def run_config(cfg: CompareConfig, strategy: str, seed: int) -> Any:
+    """The validated trainer config of one (strategy, seed) run: same env, model, budget and evaluation
+    for every strategy; strategy values on top of the shared ``train`` values."""
+    spec = STRATEGIES[strategy]
+    config_cls, _ = get_algorithm(spec.algo)
+    values: dict[str, Any] = {"total_steps": 1_000_000, **cfg.train, **spec.overrides,
+                              **cfg.strategy_overrides.get(strategy, {})}
+    values.update(
+        env_id=cfg.env_id, env_kwargs=dict(cfg.env_kwargs), model=cfg.model, seed=seed,
+        max_generated_tokens=cfg.token_budget, eval_every=0,
+        eval_every_tokens=max(cfg.token_budget // cfg.num_evals, 1), eval_problems=cfg.eval_problems,
+        pass_k=cfg.pass_k, save_every=cfg.save_every, output_dir=str(run_dir(cfg, strategy, seed)),
+        resume=True, progress=False, tensorboard=False, wandb=False,
+    )
+    return from_dict(config_cls, values, where=f" (strategy {strategy!r})")
+
+
+def run_dir(cfg: CompareConfig, strategy: str, seed: int) -> Path:
+    return Path(cfg.output_dir) / strategy / f"seed{seed}"
+
+
+def _fingerprint(config: Any) -> str:
+    values = {k: v for k, v in to_dict(config).items() if k != "resume"}
+    return hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1, allow_nan=True)
+    os.replace(tmp, path)
+
+
+class _PrintEvals(Callback):
+    """One line per evaluation of a comparison run."""
+
+    def __init__(self, label: str, budget: int) -> None:
+        self.label, self.budget = label, budget
+
+    def on_evaluate(self, trainer: Any, step: int, metrics: dict[str, float]) -> None:
+        print(f"  [{self.label}] step {step:4d}  tokens {int(trainer.budget.generated_tokens):>9,}/{self.budget:,}"
+              f"  held-out accuracy {metrics.get('eval/accuracy', float('nan')):.3f}", flush=True)
+
+
+def run_one(cfg: CompareConfig, strategy: str, seed: int) -> dict[str, Any]:
+    """Trains (or resumes, or reads back) one run and returns its record (see :func:`_record`).
+
+    Raises:
+        ValueError: If the run directory holds a run of a different configuration.
+    """
+    config = run_config(cfg, strategy, seed)
+    out = Path(config.output_dir)
+    key = _fingerprint(config)
+    marker, result = out / "run_config.json", out / "result.json"
+    if marker.is_file():
+        stored = json.loads(marker.read_text())
+        if stored.get("fingerprint") != key:
+            raise ValueError(
+                f"{out} holds a run with a different configuration (fingerprint {stored.get('fingerprint')} != "
+                f"{key}); pick another `output_dir` or delete {out} to start that run again."
+            )
+        if result.is_file():
+            return dict(json.loads(result.read_text()))
+    _write_json_atomic(marker, {"fingerprint": key, "config": to_dict(config)})
+    _, trainer_cls = get_algorithm(STRATEGIES[strategy].algo)
+    _quiet_transformers()
+    trainer = trainer_cls(config, callbacks=[_PrintEvals(f"{strategy} seed {seed}", cfg.token_budget)])
+    trainer.train()
+    record = _record(strategy, seed, trainer)
+    _write_json_atomic(result, record)
+    del trainer
+    gc.collect()
+    return record
+
+
+def _quiet_transformers() -> None:
+    """No per-run "Writing model shards" bars between the comparison's own progress lines."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a core dependency
+        pass
+
+
+def _train_lines(path: Path) -> list[dict[str, float]]:
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("kind") == "train":
+                rows.append(row)
+    return rows
+
+
+def _record(strategy: str, seed: int, trainer: Any) -> dict[str, Any]:
+    """What a run contributes to the tables and plots: evaluations, per-step curves, budget."""
+    evals = [e for e in trainer.eval_history if "eval/accuracy" in e]
+    steps = _train_lines(Path(trainer.config.output_dir) / "metrics.jsonl")
+    curve_keys = ("rollout/entropy", "rollout/response_length", "rollout/zero_variance_fraction",
+                  "pivot/branch_success_rate", "rollout/accuracy")
+    hist = np.zeros(5)
+    for row in steps:
+        hist += np.array([row.get(f"pivot/ratio_hist_{i}", 0.0) for i in range(5)])
+    acc = [e["eval/accuracy"] for e in evals]
+    return {
+        "strategy": strategy,
+        "algo": STRATEGIES[strategy].algo,
+        "seed": seed,
+        "initial_accuracy": acc[0] if acc else float("nan"),
+        "final_accuracy": acc[-1] if acc else float("nan"),
+        "best_accuracy": max(acc[1:]) if len(acc) > 1 else float("nan"),
+        "generated_tokens": int(trainer.budget.generated_tokens),
+        "branch_rollouts": int(trainer.budget.branch_rollouts),
+        "root_rollouts": int(trainer.budget.root_rollouts),
+        "trained_tokens": int(trainer.budget.trained_tokens),
+        "steps": int(trainer.step),
+        "train_wall_s": float(sum(r.get("perf/step_s", 0.0) for r in steps)),
+        "eval_curve": {"tokens": [e["budget/generated_tokens"] for e in evals], "accuracy": acc},
+        "step_curves": {
+            "tokens": [r.get("budget/generated_tokens", float("nan")) for r in steps],
+            **{k: [r.get(k, float("nan")) for r in steps] for k in curve_keys},
+        },
+        "pivot_ratio_hist": hist.tolist(),
+    }
+
+
+# -- the comparison ---------------------------------------------------------------------------------
+def run_comparison(cfg: CompareConfig) -> dict[str, Any]:
+    """Runs (or resumes) every strategy x seed, then writes the tables and plots; returns the summary."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(out / "compare_config.json", to_dict(cfg))
+    records = []
+    total = len(cfg.strategies) * len(cfg.seeds)
+    for k, (strategy, seed) in enumerate((s, seed) for seed in cfg.seeds for s in cfg.strategies):
+        print(f"[{k + 1}/{total}] {strategy} (seed {seed}): {STRATEGIES[strategy].description}", flush=True)
+        t0 = time.perf_counter()
+        records.append(run_one(cfg, strategy, seed))
+        print(f"  done in {time.perf_counter() - t0:.0f} s: final accuracy {records[-1]['final_accuracy']:.3f}, "
+              f"{records[-1]['generated_tokens']:,} tokens in {records[-1]['steps']} steps", flush=True)
+    summary = summarize(cfg, records)
+    write_tables(out, records, summary)
+    if cfg.plots:
+        plot_comparison(cfg, records, out)
+    print_table(summary)
+    return summary
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    a = np.asarray(values, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return float("nan"), float("nan")
+    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
+def token_grid(cfg: CompareConfig) -> np.ndarray:
+    """The token marks where curves of different runs are compared: 0, budget/num_evals, ..., budget."""
+    return np.linspace(0.0, float(cfg.token_budget), cfg.num_evals + 1)
+
+
+def accuracy_at(record: Mapping[str, Any], grid: np.ndarray) -> np.ndarray:
+    """A run's held-out accuracy interpolated at ``grid`` tokens (evaluations happen at the first step
+    end past each mark, so each run is read off at exactly the same budgets)."""
+    curve = record["eval_curve"]
+    return np.interp(grid, np.asarray(curve["tokens"], dtype=np.float64), np.asarray(curve["accuracy"]))
+
+
+def summarize(cfg: CompareConfig, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean and std over seeds of each strategy's numbers, and its mean accuracy curve."""
+    grid = token_grid(cfg)
+    rows = []
+    for strategy in cfg.strategies:
+        runs = [r for r in records if r["strategy"] == strategy]
+        row: dict[str, Any] = {"strategy": strategy, "algo": STRATEGIES[strategy].algo, "seeds": len(runs)}
+        for key in ("initial_accuracy", "final_accuracy", "best_accuracy", "generated_tokens", "branch_rollouts",
+                    "trained_tokens", "steps", "train_wall_s"):
+            row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([r[key] for r in runs])
+        curves = np.stack([accuracy_at(r, grid) for r in runs])
+        row["accuracy_curve_mean"] = curves.mean(axis=0).tolist()
+        row["accuracy_curve_std"] = (curves.std(axis=0, ddof=1) if len(runs) > 1 else 0 * curves[0]).tolist()
+        rows.append(row)
+    return {"token_budget": cfg.token_budget, "token_grid": grid.tolist(), "strategies": rows,
+            "config": to_dict(cfg)}
+
+
+_RUN_COLUMNS = ("strategy", "algo", "seed", "initial_accuracy", "final_accuracy", "best_accuracy",
+                "generated_tokens", "root_rollouts", "branch_rollouts", "trained_tokens", "steps", "train_wall_s")
+
+
+def write_tables(out: Path, records: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> None:
+    """``runs.csv`` (one row per run), ``results.csv`` (mean/std per strategy), ``results.json`` (all)."""
+    with (out / "runs.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(_RUN_COLUMNS)
+        for r in records:
+            w.writerow([r[c] for c in _RUN_COLUMNS])
+    rows = summary["strategies"]
+    scalar = [k for k in rows[0] if not k.startswith("accuracy_curve")]
+    with (out / "results.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(scalar)
+        for row in rows:
+            w.writerow([row[k] for k in scalar])
+    _write_json_atomic(out / "results.json", {**summary, "runs": list(records)})
+
+
+def print_table(summary: Mapping[str, Any]) -> None:
+    """The results table as Markdown (mean ± std over seeds)."""
+    print(f"\nEqual budget: {summary['token_budget']:,} generated tokens per run; held-out greedy accuracy.\n")
+    print("| strategy | seeds | initial | final | best | steps | branch rollouts | train wall s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in summary["strategies"]:
+        print(f"| {r['strategy']} | {r['seeds']} | {_pm(r, 'initial_accuracy')} | {_pm(r, 'final_accuracy')} | "
+              f"{_pm(r, 'best_accuracy')} | {_pm(r, 'steps', '.0f')} | {_pm(r, 'branch_rollouts', '.0f')} | "
+              f"{_pm(r, 'train_wall_s', '.0f')} |")
+
+
+def _pm(row: Mapping[str, Any], key: str, fmt: str = ".3f") -> str:
+    return f"{row[key + '_mean']:{fmt}} ± {row[key + '_std']:{fmt}}"
+
+
+# -- plots --------------------------------------------------------------------------------------------
+def _binned(record: Mapping[str, Any], key: str, grid: np.ndarray) -> np.ndarray:
+    """Per-step metric ``key`` of a run averaged within token bins ``grid[i-1] < tokens <= grid[i]``."""
+    curves = record["step_curves"]
+    x = np.asarray(curves["tokens"], dtype=np.float64)
+    y = np.asarray(curves.get(key, []), dtype=np.float64)
+    out = np.full(grid.size - 1, np.nan)
+    if y.size != x.size:
+        return out
+    for i in range(grid.size - 1):
+        sel = (x > grid[i]) & (x <= grid[i + 1]) & np.isfinite(y)
+        if sel.any():
+            out[i] = y[sel].mean()
+    return out
+
+
+def plot_comparison(cfg: CompareConfig, records: Sequence[Mapping[str, Any]], out: Path) -> list[Path]:
+    """``comparison.png`` (six panels) and ``accuracy.png``; returns the written paths."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ImportError("Plots need matplotlib: pip install matplotlib (or set plots=False).") from e
+    grid = token_grid(cfg)
+    fine = np.linspace(0.0, float(cfg.token_budget), 21)
+    centers = (fine[1:] + fine[:-1]) / 2
+    colors = {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(cfg.strategies)}
+    fig, axes = plt.subplots(2, 3, figsize=(16, 9))
+    panels = [("rollout/entropy", "entropy of sampled tokens"), ("rollout/response_length", "response length (tokens)"),
+              ("pivot/branch_success_rate", "branch success rate"),
+              ("rollout/zero_variance_fraction", "zero-variance group fraction")]
+    for strategy in cfg.strategies:
+        runs = [r for r in records if r["strategy"] == strategy]
+        acc = np.stack([accuracy_at(r, grid) for r in runs])
+        _band(axes[0, 0], grid, acc, strategy, colors[strategy])
+        for ax, (key, _) in zip((axes[0, 1], axes[0, 2], axes[1, 1], axes[1, 2]), panels):
+            _band(ax, centers, np.stack([_binned(r, key, fine) for r in runs]), strategy, colors[strategy])
+    axes[0, 0].set_title(f"held-out greedy accuracy (mean ± std, {len(cfg.seeds)} seeds)")
+    for ax, (_, title) in zip((axes[0, 1], axes[0, 2], axes[1, 1], axes[1, 2]), panels):
+        ax.set_title(title)
+    _pivot_hist(axes[1, 0], cfg, records, colors)
+    for ax in axes.flat:
+        if ax is not axes[1, 0]:
+            ax.set_xlabel("generated tokens")
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(f"{cfg.env_id} {cfg.env_kwargs} · model {cfg.model} · equal budget {cfg.token_budget:,} tokens")
+    fig.tight_layout()
+    paths = [out / "comparison.png", out / "accuracy.png"]
+    fig.savefig(paths[0], dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for strategy in cfg.strategies:
+        runs = [r for r in records if r["strategy"] == strategy]
+        _band(ax, grid, np.stack([accuracy_at(r, grid) for r in runs]), strategy, colors[strategy])
+    ax.set_xlabel("generated tokens (roots + branches)")
+    ax.set_ylabel("held-out greedy accuracy")
+    ax.set_title(f"mean ± std over {len(cfg.seeds)} seeds, equal budget")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(paths[1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def _band(ax: Any, x: np.ndarray, ys: np.ndarray, label: str, color: Any) -> None:
+    """Mean line and ± std band of ``ys`` (runs x points); points where no run has a value are skipped."""
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # columns where one run has a value: std is 0 below
+        valid = np.isfinite(ys).any(axis=0)
+        if not valid.any():
+            return
+        mean = np.nanmean(ys[:, valid], axis=0)
+        std = np.nanstd(ys[:, valid], axis=0, ddof=1) if ys.shape[0] > 1 else np.zeros_like(mean)
+    std = np.nan_to_num(std)
+    ax.plot(x[valid], mean, label=label, color=color, marker="." if valid.sum() < 12 else None)
+    ax.fill_between(x[valid], mean - std, mean + std, color=color, alpha=0.15)
+
+
+def _pivot_hist(ax: Any, cfg: CompareConfig, records: Sequence[Mapping[str, Any]], colors: dict[str, Any]) -> None:
+    """Where branching strategies branched: the normalized depth r of their pivots / fork points."""
+    branching = [s for s in cfg.strategies
+                 if any(sum(r["pivot_ratio_hist"]) > 0 for r in records if r["strategy"] == s)]
+    width = 0.8 / max(len(branching), 1)
+    for k, strategy in enumerate(branching):
+        hist = np.sum([r["pivot_ratio_hist"] for r in records if r["strategy"] == strategy], axis=0)
+        share = hist / max(hist.sum(), 1.0)
+        ax.bar(np.arange(5) + k * width - 0.4 + width / 2, share, width, label=strategy, color=colors[strategy])
+    ax.set_xticks(range(5), [f"{i / 5:.1f}-{(i + 1) / 5:.1f}" for i in range(5)])
+    ax.set_xlabel("pivot / fork depth r (fraction of the response)")
+    ax.set_title("pivot-depth histogram (share of pivots)")
+    if branching:
+        ax.legend(fontsize=8)
+
+
+def describe_strategies() -> str:
+    """One line per named strategy (``deepgrpo compare --list``)."""
+    return "\n".join(f"{name:24s} --algo {spec.algo:10s} {spec.description}"
+                     + (f"; config {dict(spec.overrides)}" if spec.overrides else "")
+                     for name, spec in STRATEGIES.items())
+
+
+__all__ = [
+    "STRATEGIES",
+    "CompareConfig",
+    "Strategy",
+    "accuracy_at",
+    "describe_strategies",
+    "plot_comparison",
+    "run_comparison",
+    "run_config",
+    "run_one",
+    "summarize",
+    "token_grid",
+    "write_tables",
+]
