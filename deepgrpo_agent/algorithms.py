@@ -11,6 +11,7 @@ ALGORITHMS: dict[str, tuple[str, str]] = {
     "erpo": ("deepgrpo_agent.erpo:ERPOConfig", "deepgrpo_agent.erpo:ERPOTrainer"),
     "deep-erpo": ("deepgrpo_agent.erpo:DeepERPOConfig", "deepgrpo_agent.erpo:DeepERPOTrainer"),
     "treerl": ("deepgrpo_agent.tree:TreeConfig", "deepgrpo_agent.tree:TreeRLTrainer"),
+    "uniform-tree": ("deepgrpo_agent.tree:UniformTreeConfig", "deepgrpo_agent.tree:UniformTreeTrainer"),
 }
 """Every trainer the CLI and the comparison runner can build, by name."""
 

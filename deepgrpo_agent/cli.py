@@ -1,4 +1,4 @@
-"""The ``deepgrpo`` command: ``train``, ``eval``, ``main`` (the README's short real run) and ``envs``."""
+"""The ``deepgrpo`` command: ``train``, ``eval``, ``main`` (the README's short real run), ``compare`` and ``envs``."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def _trainer_classes(algo: str) -> tuple[type, type]:
 
 
 def cmd_train(argv: Sequence[str]) -> int:
-    """``deepgrpo train [--algo grpo|deep-grpo|erpo|deep-erpo|treerl] [--config FILE.yaml] [--field value ...]``."""
+    """``deepgrpo train [--algo grpo|deep-grpo|erpo|deep-erpo|treerl|uniform-tree] [--config FILE.yaml] [--field value ...]``."""
     from deepgrpo_agent.config_cli import parse_config
 
     pre = argparse.ArgumentParser(add_help=False)

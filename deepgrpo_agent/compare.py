@@ -35,7 +35,7 @@ import numpy as np
 
 from deepgrpo_agent.algorithms import get_algorithm
 from deepgrpo_agent.callbacks import Callback
-from deepgrpo_agent.config import check_types, from_dict, to_dict
+from deepgrpo_agent.config import check_types, field_types, from_dict, to_dict
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ STRATEGIES: dict[str, Strategy] = {
     "erpo": Strategy("erpo", {}, "ERPO: raised temperature on prompts that were all-correct (§3)"),
     "deep-erpo": Strategy("deep-erpo", {}, "DEEP-GRPO pivots + ERPO temperatures"),
     "treerl": Strategy("treerl", {"fork_selection": "entropy"}, "TreeRL EPTree (M, N, L, T) = (6, 2, 1, 2) (§4)"),
-    "uniform-tree": Strategy("treerl", {"fork_selection": "uniform"}, "Uniform random forks, TreeRL's budget (§4)"),
+    "uniform-tree": Strategy("uniform-tree", {}, "Uniform random forks, TreeRL's tree budget (§4)"),
 }
 """Named strategies ``deepgrpo compare --strategies`` accepts."""
 
@@ -70,11 +70,28 @@ TESTBED_MODEL = "arithmetic-testbed"
 
 
 def _testbed_env_kwargs() -> dict[str, Any]:
-    try:
-        from deepgrpo_agent.testbed import TESTBED_ENV_KWARGS
-    except ImportError:  # pragma: no cover - the testbed module ships with the package
-        return {"level": 3}
+    from deepgrpo_agent.testbed import TESTBED_ENV_KWARGS
+
     return dict(TESTBED_ENV_KWARGS)
+
+
+def testbed_train() -> dict[str, Any]:
+    """The shared trainer values of the testbed comparison (the :class:`CompareConfig` default).
+
+    Besides the GRPO batch (8 prompts x 8 roots) and the learning rate measured on the testbed (1e-4;
+    3e-4 collapses), training draws from a pool of 256 problems revisited in epochs (ERPO's per-prompt
+    history needs revisits; Arithmetic-v0's 2**31 problems would never repeat), and two strategy fields are adapted to Arithmetic-v0's format, which writes one step
+    per line and ends with an ``A: <n>`` line: DEEP-GRPO segments at newlines (there is no '.' to end
+    a sentence), and TreeRL's masking uses ``A:`` as its stop word and skips only the last 2 tokens
+    (its defaults, "answer"/"conclusion" and 10 tokens, are sized for natural-language solutions;
+    with 25-token responses they would mask half of every response).
+    """
+    from deepgrpo_agent.testbed import TESTBED_MAX_NEW_TOKENS
+
+    return {
+        "prompts_per_step": 8, "group_size": 8, "learning_rate": 1e-4, "micro_batch_size": 64, "train_problems": 256,
+        "max_new_tokens": TESTBED_MAX_NEW_TOKENS, "segment": "line", "stop_words": ["A:"], "skip_last_tokens": 2,
+    }
 
 
 @dataclass
@@ -88,7 +105,7 @@ class CompareConfig:
     """Strategy names (see `deepgrpo compare --list`); GRPO-N is grpo-n8 / grpo-n16 / grpo-n32 / grpo-n64."""
     seeds: tuple[int, ...] = (0, 1, 2)
     """Seeds; every strategy runs once per seed (problem order, sampling and strategy randomness)."""
-    token_budget: int = 150_000
+    token_budget: int = 300_000
     """Generated tokens (roots + branches) each run may spend; a run stops after the step that reaches it."""
     num_evals: int = 6
     """Held-out evaluations along the budget (one each budget/num_evals tokens), plus one before training."""
@@ -98,16 +115,14 @@ class CompareConfig:
     """Environment arguments; the default is the level the testbed policy was trained for."""
     model: str = TESTBED_MODEL
     """Initial policy of every run: "arithmetic-testbed", "default", "random-tiny" or a checkpoint directory."""
-    train: dict[str, Any] = field(default_factory=lambda: {
-        "prompts_per_step": 8, "group_size": 8, "learning_rate": 1e-4, "micro_batch_size": 64,
-    })
-    """Trainer config values shared by every strategy (JSON on the command line), e.g. {"learning_rate": 1e-4}."""
+    train: dict[str, Any] = field(default_factory=testbed_train)
+    """Trainer config values shared by the strategies (JSON on the command line, replacing the default dict as a whole), e.g. {"learning_rate": 1e-4}; a strategy-specific field (e.g. DEEP-GRPO's `segment`) goes to the strategies whose config has it. Default: :func:`testbed_train`."""
     strategy_overrides: dict[str, Any] = field(default_factory=dict)
     """Per-strategy config values, e.g. {"deep-grpo": {"branches_per_pivot": 4}}; they win over `train`."""
-    eval_problems: int = 256
+    eval_problems: int = 512
     """Held-out problems per evaluation (the same problems for every run)."""
-    pass_k: int = 0
-    """Also measure pass@k at each evaluation (k samples per problem); 0 = greedy accuracy only."""
+    pass_k: int = 4
+    """Also sample k answers per held-out problem at each evaluation: sampled accuracy (at the training temperature) and pass@k; 0 = greedy accuracy only."""
     save_every: int = 10
     """Checkpoint every this many steps so that a cut comparison resumes close to where it stopped."""
     output_dir: str = "runs/compare"
@@ -142,6 +157,13 @@ class CompareConfig:
         if bad:
             raise ValueError(f"Expected `strategy_overrides` to map strategy names to dicts of config values, "
                              f"got non-dict values for {bad}.")
+        known = set().union(*(field_types(get_algorithm(spec.algo)[0]) for spec in STRATEGIES.values()))
+        orphans = [k for k in self.train if k not in known]
+        if orphans:
+            raise ValueError(
+                f"`train` sets {orphans}, a field of no strategy's config; expected trainer config fields "
+                "(`deepgrpo train --help` lists GRPO's, each algorithm's config adds its own)."
+            )
 
 
 # -- one run ----------------------------------------------------------------------------------------
@@ -150,7 +172,9 @@ def run_config(cfg: CompareConfig, strategy: str, seed: int) -> Any:
     for every strategy; strategy values on top of the shared ``train`` values."""
     spec = STRATEGIES[strategy]
     config_cls, _ = get_algorithm(spec.algo)
-    values: dict[str, Any] = {"total_steps": 1_000_000, **cfg.train, **spec.overrides,
+    fields = field_types(config_cls)
+    shared = {k: v for k, v in cfg.train.items() if k in fields}  # e.g. `segment` only for DEEP-GRPO configs
+    values: dict[str, Any] = {"total_steps": 1_000_000, **shared, **spec.overrides,
                               **cfg.strategy_overrides.get(strategy, {})}
     values.update(
         env_id=cfg.env_id, env_kwargs=dict(cfg.env_kwargs), model=cfg.model, seed=seed,
@@ -254,6 +278,8 @@ def _record(strategy: str, seed: int, trainer: Any) -> dict[str, Any]:
     for row in steps:
         hist += np.array([row.get(f"pivot/ratio_hist_{i}", 0.0) for i in range(5)])
     acc = [e["eval/accuracy"] for e in evals]
+    sampled = [e.get("eval/sample_accuracy", float("nan")) for e in evals]
+    pass_k = [next((v for k, v in e.items() if k.startswith("eval/pass@")), float("nan")) for e in evals]
     return {
         "strategy": strategy,
         "algo": STRATEGIES[strategy].algo,
@@ -261,13 +287,18 @@ def _record(strategy: str, seed: int, trainer: Any) -> dict[str, Any]:
         "initial_accuracy": acc[0] if acc else float("nan"),
         "final_accuracy": acc[-1] if acc else float("nan"),
         "best_accuracy": max(acc[1:]) if len(acc) > 1 else float("nan"),
+        "initial_sample_accuracy": sampled[0] if sampled else float("nan"),
+        "final_sample_accuracy": sampled[-1] if sampled else float("nan"),
+        "best_sample_accuracy": max(sampled[1:]) if len(sampled) > 1 else float("nan"),
+        "final_pass_at_k": pass_k[-1] if pass_k else float("nan"),
         "generated_tokens": int(trainer.budget.generated_tokens),
         "branch_rollouts": int(trainer.budget.branch_rollouts),
         "root_rollouts": int(trainer.budget.root_rollouts),
         "trained_tokens": int(trainer.budget.trained_tokens),
         "steps": int(trainer.step),
         "train_wall_s": float(sum(r.get("perf/step_s", 0.0) for r in steps)),
-        "eval_curve": {"tokens": [e["budget/generated_tokens"] for e in evals], "accuracy": acc},
+        "eval_curve": {"tokens": [e["budget/generated_tokens"] for e in evals], "accuracy": acc,
+                       "sample_accuracy": sampled},
         "step_curves": {
             "tokens": [r.get("budget/generated_tokens", float("nan")) for r in steps],
             **{k: [r.get(k, float("nan")) for r in steps] for k in curve_keys},
@@ -311,11 +342,15 @@ def token_grid(cfg: CompareConfig) -> np.ndarray:
     return np.linspace(0.0, float(cfg.token_budget), cfg.num_evals + 1)
 
 
-def accuracy_at(record: Mapping[str, Any], grid: np.ndarray) -> np.ndarray:
-    """A run's held-out accuracy interpolated at ``grid`` tokens (evaluations happen at the first step
-    end past each mark, so each run is read off at exactly the same budgets)."""
+def accuracy_at(record: Mapping[str, Any], grid: np.ndarray, key: str = "accuracy") -> np.ndarray:
+    """A run's held-out ``key`` ("accuracy": greedy, "sample_accuracy": sampled) interpolated at ``grid``
+    tokens (evaluations happen at the first step end past each mark, so each run is read off at exactly
+    the same budgets); all nan when the run did not measure it."""
     curve = record["eval_curve"]
-    return np.interp(grid, np.asarray(curve["tokens"], dtype=np.float64), np.asarray(curve["accuracy"]))
+    y = np.asarray(curve.get(key, []), dtype=np.float64)
+    if y.size == 0 or not np.isfinite(y).all():
+        return np.full(grid.shape, np.nan)
+    return np.interp(grid, np.asarray(curve["tokens"], dtype=np.float64), y)
 
 
 def summarize(cfg: CompareConfig, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -325,18 +360,22 @@ def summarize(cfg: CompareConfig, records: Sequence[Mapping[str, Any]]) -> dict[
     for strategy in cfg.strategies:
         runs = [r for r in records if r["strategy"] == strategy]
         row: dict[str, Any] = {"strategy": strategy, "algo": STRATEGIES[strategy].algo, "seeds": len(runs)}
-        for key in ("initial_accuracy", "final_accuracy", "best_accuracy", "generated_tokens", "branch_rollouts",
-                    "trained_tokens", "steps", "train_wall_s"):
-            row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([r[key] for r in runs])
-        curves = np.stack([accuracy_at(r, grid) for r in runs])
-        row["accuracy_curve_mean"] = curves.mean(axis=0).tolist()
-        row["accuracy_curve_std"] = (curves.std(axis=0, ddof=1) if len(runs) > 1 else 0 * curves[0]).tolist()
+        for key in _SUMMARY_KEYS:
+            row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([r.get(key, float("nan")) for r in runs])
+        for key in ("accuracy", "sample_accuracy"):
+            curves = np.stack([accuracy_at(r, grid, key) for r in runs])
+            row[f"{key}_curve_mean"] = curves.mean(axis=0).tolist()
+            row[f"{key}_curve_std"] = (curves.std(axis=0, ddof=1) if len(runs) > 1 else 0 * curves[0]).tolist()
         rows.append(row)
     return {"token_budget": cfg.token_budget, "token_grid": grid.tolist(), "strategies": rows,
             "config": to_dict(cfg)}
 
 
+_SUMMARY_KEYS = ("initial_accuracy", "final_accuracy", "best_accuracy", "initial_sample_accuracy",
+                 "final_sample_accuracy", "best_sample_accuracy", "final_pass_at_k", "generated_tokens",
+                 "branch_rollouts", "trained_tokens", "steps", "train_wall_s")
 _RUN_COLUMNS = ("strategy", "algo", "seed", "initial_accuracy", "final_accuracy", "best_accuracy",
+                "initial_sample_accuracy", "final_sample_accuracy", "best_sample_accuracy", "final_pass_at_k",
                 "generated_tokens", "root_rollouts", "branch_rollouts", "trained_tokens", "steps", "train_wall_s")
 
 
@@ -346,9 +385,9 @@ def write_tables(out: Path, records: Sequence[Mapping[str, Any]], summary: Mappi
         w = csv.writer(f)
         w.writerow(_RUN_COLUMNS)
         for r in records:
-            w.writerow([r[c] for c in _RUN_COLUMNS])
+            w.writerow([r.get(c, float("nan")) for c in _RUN_COLUMNS])
     rows = summary["strategies"]
-    scalar = [k for k in rows[0] if not k.startswith("accuracy_curve")]
+    scalar = [k for k in rows[0] if "_curve_" not in k]
     with (out / "results.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(scalar)
@@ -358,14 +397,24 @@ def write_tables(out: Path, records: Sequence[Mapping[str, Any]], summary: Mappi
 
 
 def print_table(summary: Mapping[str, Any]) -> None:
-    """The results table as Markdown (mean ± std over seeds)."""
-    print(f"\nEqual budget: {summary['token_budget']:,} generated tokens per run; held-out greedy accuracy.\n")
-    print("| strategy | seeds | initial | final | best | steps | branch rollouts | train wall s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in summary["strategies"]:
-        print(f"| {r['strategy']} | {r['seeds']} | {_pm(r, 'initial_accuracy')} | {_pm(r, 'final_accuracy')} | "
-              f"{_pm(r, 'best_accuracy')} | {_pm(r, 'steps', '.0f')} | {_pm(r, 'branch_rollouts', '.0f')} | "
-              f"{_pm(r, 'train_wall_s', '.0f')} |")
+    """The results table as Markdown (mean ± std over seeds); sampled columns when they were measured."""
+    rows = summary["strategies"]
+    sampled = any(np.isfinite(r["final_sample_accuracy_mean"]) for r in rows)
+    k = summary["config"].get("pass_k", 0)
+    print(f"\nEqual budget: {summary['token_budget']:,} generated tokens per run; held-out accuracy, "
+          f"mean ± std over seeds.\n")
+    head = "| strategy | seeds | greedy initial | greedy final | greedy best |"
+    if sampled:
+        head += f" sampled initial | sampled final | sampled best | pass@{k} final |"
+    print(head + " steps | branch rollouts | train wall s |")
+    print("|---" * (head.count("|") + 2) + "|")
+    for r in rows:
+        line = (f"| {r['strategy']} | {r['seeds']} | {_pm(r, 'initial_accuracy')} | {_pm(r, 'final_accuracy')} | "
+                f"{_pm(r, 'best_accuracy')} |")
+        if sampled:
+            line += (f" {_pm(r, 'initial_sample_accuracy')} | {_pm(r, 'final_sample_accuracy')} | "
+                     f"{_pm(r, 'best_sample_accuracy')} | {_pm(r, 'final_pass_at_k')} |")
+        print(line + f" {_pm(r, 'steps', '.0f')} | {_pm(r, 'branch_rollouts', '.0f')} | {_pm(r, 'train_wall_s', '.0f')} |")
 
 
 def _pm(row: Mapping[str, Any], key: str, fmt: str = ".3f") -> str:
@@ -405,13 +454,16 @@ def plot_comparison(cfg: CompareConfig, records: Sequence[Mapping[str, Any]], ou
     panels = [("rollout/entropy", "entropy of sampled tokens"), ("rollout/response_length", "response length (tokens)"),
               ("pivot/branch_success_rate", "branch success rate"),
               ("rollout/zero_variance_fraction", "zero-variance group fraction")]
+    sampled = any(np.isfinite(accuracy_at(r, grid, "sample_accuracy")).all() for r in records)
+    headline = ("sample_accuracy", f"held-out sampled accuracy (mean ± std, {len(cfg.seeds)} seeds)") \
+        if sampled else ("accuracy", f"held-out greedy accuracy (mean ± std, {len(cfg.seeds)} seeds)")
     for strategy in cfg.strategies:
         runs = [r for r in records if r["strategy"] == strategy]
-        acc = np.stack([accuracy_at(r, grid) for r in runs])
+        acc = np.stack([accuracy_at(r, grid, headline[0]) for r in runs])
         _band(axes[0, 0], grid, acc, strategy, colors[strategy])
         for ax, (key, _) in zip((axes[0, 1], axes[0, 2], axes[1, 1], axes[1, 2]), panels):
             _band(ax, centers, np.stack([_binned(r, key, fine) for r in runs]), strategy, colors[strategy])
-    axes[0, 0].set_title(f"held-out greedy accuracy (mean ± std, {len(cfg.seeds)} seeds)")
+    axes[0, 0].set_title(headline[1])
     for ax, (_, title) in zip((axes[0, 1], axes[0, 2], axes[1, 1], axes[1, 2]), panels):
         ax.set_title(title)
     _pivot_hist(axes[1, 0], cfg, records, colors)
@@ -425,15 +477,17 @@ def plot_comparison(cfg: CompareConfig, records: Sequence[Mapping[str, Any]], ou
     paths = [out / "comparison.png", out / "accuracy.png"]
     fig.savefig(paths[0], dpi=110)
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for strategy in cfg.strategies:
-        runs = [r for r in records if r["strategy"] == strategy]
-        _band(ax, grid, np.stack([accuracy_at(r, grid) for r in runs]), strategy, colors[strategy])
-    ax.set_xlabel("generated tokens (roots + branches)")
-    ax.set_ylabel("held-out greedy accuracy")
-    ax.set_title(f"mean ± std over {len(cfg.seeds)} seeds, equal budget")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    kinds = [("accuracy", "greedy")] + ([("sample_accuracy", "sampled")] if sampled else [])
+    fig, accs = plt.subplots(1, len(kinds), figsize=(7 * len(kinds), 4.5), squeeze=False)
+    for ax, (key, label) in zip(accs[0], kinds):
+        for strategy in cfg.strategies:
+            runs = [r for r in records if r["strategy"] == strategy]
+            _band(ax, grid, np.stack([accuracy_at(r, grid, key) for r in runs]), strategy, colors[strategy])
+        ax.set_xlabel("generated tokens (roots + branches)")
+        ax.set_ylabel(f"held-out {label} accuracy")
+        ax.set_title(f"{label}: mean ± std over {len(cfg.seeds)} seeds, equal budget")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(paths[1], dpi=110)
     plt.close(fig)

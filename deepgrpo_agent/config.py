@@ -350,7 +350,7 @@ class GRPOConfig:
     eval_env_id: str | None = None
     """Environment id for held-out evaluation; None = the held-out split of `env_id`'s dataset family."""
     model: str = "default"
-    """Policy to train: "default" (the embedded SmolLM2-135M-Instruct), a local transformers checkpoint directory, or "random-tiny" (a random-init 2-layer Llama sized to the env's action space, for Arithmetic-v0 and smoke runs)."""
+    """Policy to train: "default" (the embedded SmolLM2-135M-Instruct), "arithmetic-testbed" (the shipped tiny Llama pre-trained on Arithmetic-v0 level 3, for fast CPU comparisons: deepgrpo_agent.testbed), a local transformers checkpoint directory, or "random-tiny" (a random-init 2-layer Llama sized to the env's action space, for Arithmetic-v0 and smoke runs)."""
     device: str = "auto"
     """Torch device: "auto" (CUDA if available, else CPU), "cpu", "cuda" or "cuda:N"."""
     dtype: DType = "auto"
@@ -361,6 +361,8 @@ class GRPOConfig:
     # -- rollouts
     prompts_per_step: int = 4
     """Prompts (groups) sampled per training step."""
+    train_problems: int = 0
+    """Train on the first this many problems of the train split only (a finite pool revisited in epochs, as ERPO's per-prompt history needs); 0 = the whole split."""
     group_size: int = 8
     """Responses sampled per prompt (G); each response's advantage is relative to its group."""
     max_new_tokens: int = 256
@@ -458,6 +460,7 @@ class GRPOConfig:
             ),
             (self.seed >= 0, "seed", ">= 0", "NumPy's generators reject negative seeds."),
             (self.prompts_per_step >= 1, "prompts_per_step", ">= 1", "A step needs a prompt to sample for."),
+            (self.train_problems >= 0, "train_problems", ">= 0", "Use 0 to train on the whole train split."),
             (
                 self.group_size >= 2,
                 "group_size",

@@ -25,9 +25,10 @@ import numpy as np
 
 from deepgrpo_agent.config import GRPOConfig
 from deepgrpo_agent.pivots import (
+    SEGMENT_MARKERS,
     Recoverability,
+    boundary_table,
     candidates,
-    period_table,
     sample_pivots,
     segment_ends,
     utility,
@@ -54,8 +55,8 @@ class DeepGRPOConfig(GRPOConfig):
     """'utility' draws pivots from Q(i); 'uniform' ignores depth and P_phi (the random-pivot ablation)."""
     local_loss_weight: float = 1.0
     """lambda: weight of the local (branch) stream in L = main + lambda * local."""
-    segment: Literal["sentence", "tokens"] = "sentence"
-    """Candidate positions: after each '.' token ('sentence', the paper's default) or every `segment_tokens`."""
+    segment: Literal["sentence", "line", "tokens"] = "sentence"
+    """Candidate positions: after each '.' token ('sentence', the paper's default), after each newline ('line': one step per line, as in Arithmetic-v0) or every `segment_tokens`."""
     segment_tokens: int = 100
     """Tokens per segment when `segment` is 'tokens' (the paper tried 50, 100, 200)."""
     failure_threshold: float = 0.0
@@ -84,8 +85,8 @@ class DeepGRPOConfig(GRPOConfig):
         for name, ok, want in checks:
             if not ok:
                 raise ValueError(f"Expected `{name}` {want}, got {getattr(self, name)!r}.")
-        if self.segment not in ("sentence", "tokens"):
-            raise ValueError(f"Expected `segment` in ('sentence', 'tokens'), got {self.segment!r}.")
+        if self.segment not in ("sentence", "line", "tokens"):
+            raise ValueError(f"Expected `segment` in ('sentence', 'line', 'tokens'), got {self.segment!r}.")
         if self.pivot_sampling not in ("utility", "uniform"):
             raise ValueError(f"Expected `pivot_sampling` in ('utility', 'uniform'), got {self.pivot_sampling!r}.")
 
@@ -115,9 +116,16 @@ class DeepGRPOTrainer(GRPOTrainer):
         super().__init__(config, **kwargs)
         self._branch_env: Any = None
         codec = self.env.unwrapped.codec if hasattr(self.env, "unwrapped") else self.env.codec
-        self.period_ids = (
-            period_table(codec.decode, self.env.single_action_space.n) if config.segment == "sentence" else None
+        self.boundary_ids = (
+            None if config.segment == "tokens"
+            else boundary_table(codec.decode, self.env.single_action_space.n, config.segment)
         )
+        if self.boundary_ids is not None and not self.boundary_ids.any():
+            raise ValueError(
+                f"Expected `segment={config.segment!r}` to find tokens containing {SEGMENT_MARKERS[config.segment]!r} "
+                f"in the vocabulary of {config.env_id}, got none: every pivot would be the root. Use "
+                "segment='line' (one step per line, e.g. Arithmetic-v0) or segment='tokens' with `segment_tokens`."
+            )
 
     def stream_weights(self) -> dict[int, float]:
         return {GLOBAL_STREAM: 1.0, LOCAL_STREAM: self.config.local_loss_weight}
@@ -158,7 +166,7 @@ class DeepGRPOTrainer(GRPOTrainer):
         out: list[Pivot] = []
         for row in np.flatnonzero(eligible):
             response = np.asarray(batch.states[row].response_ids)
-            ends = segment_ends(response, mode=cfg.segment, period_ids=self.period_ids,
+            ends = segment_ends(response, mode=cfg.segment, boundary_ids=self.boundary_ids,
                                 segment_tokens=cfg.segment_tokens)
             if ends.size == 0:
                 continue
@@ -183,10 +191,15 @@ class DeepGRPOTrainer(GRPOTrainer):
                 self._branch_env.close()
             self._branch_env = self._make_env(cfg.env_id, needed, cfg.max_new_tokens)
         batch = branch_rollouts(self._branch_env, self.engine, [p.state for p in pivots],
-                                cfg.branches_per_pivot, self.sampling(), generator=self.generator)
+                                cfg.branches_per_pivot, self.sampling(), generator=self.generator,
+                                temperatures=self.branch_temperatures(pivots))
         self.budget.add(branch_rollouts=len(batch), generated_tokens=batch.generated_tokens,
                         prefilled_tokens=batch.prefilled_tokens)
         return batch
+
+    def branch_temperatures(self, pivots: list[Pivot]) -> list[float] | None:
+        """Sampling temperature of each pivot's branches; None = ``config.temperature`` (DEEP-ERPO overrides)."""
+        return None
 
     def local_samples(self, pivots: list[Pivot], branches: RolloutBatch) -> tuple[TrainSamples, dict[str, float]]:
         """Local-stream samples: advantage against the K siblings of the same pivot (no std)."""

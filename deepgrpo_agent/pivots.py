@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-SegmentMode = Literal["sentence", "tokens"]
+SegmentMode = Literal["sentence", "line", "tokens"]
 
 
 @dataclass(frozen=True)
@@ -34,28 +34,30 @@ def segment_ends(
     response: npt.NDArray[np.int64],
     *,
     mode: SegmentMode,
-    period_ids: npt.NDArray[np.bool_] | None = None,
+    boundary_ids: npt.NDArray[np.bool_] | None = None,
     segment_tokens: int = 100,
 ) -> npt.NDArray[np.int64]:
     """Depths (exclusive token counts) at which each segment of ``response`` ends.
 
-    ``sentence``: a segment ends after every token whose text contains "." (``period_ids`` is a
-    (vocab,) bool table); the tail after the last period is the final segment. ``tokens``: every
-    ``segment_tokens`` tokens. The last entry is always ``len(response)``.
+    ``sentence`` / ``line``: a segment ends after every token whose text contains "." / a newline
+    (``boundary_ids`` is that (vocab,) bool table, see :func:`boundary_table`); the tail after the
+    last boundary is the final segment. ``tokens``: every ``segment_tokens`` tokens. The last entry
+    is always ``len(response)``.
     """
     n = int(response.shape[0])
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    if mode == "sentence":
-        if period_ids is None:
-            raise ValueError("Sentence segmentation needs `period_ids`, a (vocab,) bool table of '.' tokens.")
-        ends = np.flatnonzero(period_ids[response]) + 1
+    if mode in ("sentence", "line"):
+        if boundary_ids is None:
+            raise ValueError(f"{mode!r} segmentation needs `boundary_ids`, a (vocab,) bool table of the tokens "
+                             "that end a segment (see `boundary_table`).")
+        ends = np.flatnonzero(boundary_ids[response]) + 1
     elif mode == "tokens":
         if segment_tokens < 1:
             raise ValueError(f"Expected `segment_tokens` >= 1, got {segment_tokens}.")
         ends = np.arange(segment_tokens, n + 1, segment_tokens)
     else:
-        raise ValueError(f"Expected segment mode 'sentence' or 'tokens', got {mode!r}.")
+        raise ValueError(f"Expected segment mode 'sentence', 'line' or 'tokens', got {mode!r}.")
     ends = ends[ends < n]
     return np.concatenate([ends, [n]]).astype(np.int64)
 
@@ -158,6 +160,11 @@ def fit_logistic(
     return float(theta[0]), float(theta[1])
 
 
-def period_table(decode: Any, vocab_size: int) -> npt.NDArray[np.bool_]:
-    """(vocab,) bool: which token ids decode to text containing '.' (sentence segmentation)."""
-    return np.array(["." in decode([i]) for i in range(vocab_size)], dtype=bool)
+SEGMENT_MARKERS = {"sentence": ".", "line": "\n"}
+"""The text whose tokens end a segment in each boundary-based segment mode."""
+
+
+def boundary_table(decode: Any, vocab_size: int, mode: str = "sentence") -> npt.NDArray[np.bool_]:
+    """(vocab,) bool: which token ids decode to text containing the ``mode``'s marker ('.' or newline)."""
+    marker = SEGMENT_MARKERS[mode]
+    return np.array([marker in decode([i]) for i in range(vocab_size)], dtype=bool)

@@ -1,4 +1,4 @@
-"""Loading the policy model: the embedded default, a local checkpoint directory, or a module you built."""
+"""Loading the policy model: the embedded default, the arithmetic testbed, a local checkpoint directory, or a module you built."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from deepgrpo_agent.testbed import TESTBED, TESTBED_DIR, load_testbed
 from deepgrpo_env.default_model import INSTALL_HINT, default_model_dir
 
 
@@ -35,7 +36,10 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def model_path(model: str) -> Path:
-    """The checkpoint directory for ``model``: ``"default"`` materializes the embedded default."""
+    """The checkpoint directory for ``model``: ``"default"`` materializes the embedded default,
+    ``"arithmetic-testbed"`` is the shipped testbed policy (:mod:`deepgrpo_agent.testbed`)."""
+    if model == TESTBED:
+        return TESTBED_DIR
     if model == "default":
         try:
             return default_model_dir()
@@ -44,7 +48,7 @@ def model_path(model: str) -> Path:
     path = Path(model).expanduser()
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
-            f"Expected `model` to be 'default' or a local transformers checkpoint directory with a "
+            f"Expected `model` to be 'default', {TESTBED!r} or a local transformers checkpoint directory with a "
             f"config.json, got {model!r}. Hub ids cannot be downloaded here; for the default model run: "
             f"{INSTALL_HINT}"
         )
@@ -66,7 +70,14 @@ def random_tiny_model(vocab_size: int, seed: int = 0) -> torch.nn.Module:
 
 
 def load_policy(model: str, *, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
-    """Loads ``(model, tokenizer)`` from ``"default"`` or a local directory, ready for training."""
+    """Loads ``(model, tokenizer)`` from ``"default"``, ``"arithmetic-testbed"`` or a local directory.
+
+    The testbed has no tokenizer (Arithmetic-v0's CharCodec is its vocabulary) and always loads in
+    float32 whatever ``dtype`` says: its weights ship in fp16 and at under a million parameters a
+    narrower dtype saves nothing.
+    """
+    if model == TESTBED:
+        return load_testbed(device=device), None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = model_path(model)

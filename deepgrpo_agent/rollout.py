@@ -100,6 +100,8 @@ class RolloutBatch:
             state inside a trajectory (a pivot) for :func:`branch_rollouts`.
         prefill_s: Wall time of the prefill (``engine.start``).
         decode_s: Wall time of the decode loop (env steps and grading included).
+        temperatures: (N,) float64 sampling temperature of each row when the caller gave per-group
+            temperatures; None = every row was sampled at ``params.temperature``.
     """
 
     problem_index: npt.NDArray[np.int64]
@@ -120,6 +122,7 @@ class RolloutBatch:
     states: list[EnvState] = field(default_factory=list)
     prefill_s: float = 0.0
     decode_s: float = 0.0
+    temperatures: npt.NDArray[np.float64] | None = None
 
     def __len__(self) -> int:
         return int(self.problem_index.shape[0])
@@ -224,14 +227,17 @@ def collect_rollouts(
     params: SamplingParams,
     *,
     generator: torch.Generator | None = None,
+    temperatures: Sequence[float] | npt.NDArray[np.floating] | None = None,
 ) -> RolloutBatch:
     """GRPO roots: ``group_size`` responses to each problem, each prompt prefilled once.
 
     Sub-envs ``0 .. len(problem_indices) * group_size - 1`` are reset; row ``i * group_size + k``
-    is response ``k`` to ``problem_indices[i]`` (group ``i``).
+    is response ``k`` to ``problem_indices[i]`` (group ``i``). With ``temperatures`` (one per
+    problem), group ``i`` is sampled at ``temperatures[i]`` instead of ``params.temperature``.
 
     Raises:
-        ValueError: If ``group_size`` < 1, no problems are given, or ``venv.num_envs`` is too small.
+        ValueError: If ``group_size`` < 1, no problems are given, ``venv.num_envs`` is too small, or
+            ``temperatures`` is not one value > 0 per problem.
     """
     indices = [int(i) for i in problem_indices]
     if not isinstance(group_size, (int, np.integer)) or group_size < 1:
@@ -249,7 +255,8 @@ def collect_rollouts(
     _park_others(venv, n)
     prompts = [venv.prompt_ids(i * group_size) for i in range(len(indices))]
     t0 = time.perf_counter()
-    session = engine.start(prompts, params, repeat=int(group_size))
+    row_temps = _group_temperatures(temperatures, len(indices), int(group_size), "problem")
+    session = _start(engine, prompts, params, int(group_size), row_temps)
     t1 = time.perf_counter()
     result = rollout_loop(venv, session, rows, params, generator)
     t2 = time.perf_counter()
@@ -265,6 +272,7 @@ def collect_rollouts(
         _prefilled(session, prompts),
     )
     batch.prefill_s, batch.decode_s = t1 - t0, t2 - t1
+    batch.temperatures = row_temps
     return batch
 
 
@@ -276,16 +284,18 @@ def branch_rollouts(
     params: SamplingParams,
     *,
     generator: torch.Generator | None = None,
+    temperatures: Sequence[float] | npt.NDArray[np.floating] | None = None,
 ) -> RolloutBatch:
     """``branches`` continuations of each state, each prompt + prefix prefilled once.
 
     Sub-envs ``0 .. len(states) * branches - 1`` are restored; row ``i * branches + k`` is branch
     ``k`` from ``states[i]`` (group ``i``). ``prefix_ids`` holds the state's response tokens and
-    ``new_ids`` only what was generated after it. The env grades prefix + new tokens.
+    ``new_ids`` only what was generated after it. The env grades prefix + new tokens. With
+    ``temperatures`` (one per state), group ``i`` is sampled at ``temperatures[i]``.
 
     Raises:
-        ValueError: If ``branches`` < 1, no states are given, a state has already ended, or
-            ``venv.num_envs`` is too small.
+        ValueError: If ``branches`` < 1, no states are given, a state has already ended,
+            ``venv.num_envs`` is too small, or ``temperatures`` is not one value > 0 per state.
     """
     states = list(states)
     if not isinstance(branches, (int, np.integer)) or branches < 1:
@@ -305,7 +315,8 @@ def branch_rollouts(
     _park_others(venv, n)
     starts = [np.concatenate([s.prompt_ids, s.response_ids]) for s in states]
     t0 = time.perf_counter()
-    session = engine.start(starts, params, repeat=int(branches))
+    row_temps = _group_temperatures(temperatures, len(states), int(branches), "state")
+    session = _start(engine, starts, params, int(branches), row_temps)
     t1 = time.perf_counter()
     result = rollout_loop(venv, session, rows, params, generator)
     t2 = time.perf_counter()
@@ -319,6 +330,7 @@ def branch_rollouts(
         _prefilled(session, starts),
     )
     batch.prefill_s, batch.decode_s = t1 - t0, t2 - t1
+    batch.temperatures = row_temps
     return batch
 
 
@@ -368,6 +380,34 @@ def _park_others(venv: Any, used: int) -> None:
     if idle:
         parked = dataclasses.replace(venv.snapshot([0])[0], terminated=True, truncated=False)
         venv.reset_to([parked] * len(idle), idle)
+
+
+def _group_temperatures(
+    temperatures: Sequence[float] | npt.NDArray[np.floating] | None, groups: int, size: int, what: str
+) -> npt.NDArray[np.float64] | None:
+    """One temperature per group, checked and repeated to one per row (None passes through)."""
+    if temperatures is None:
+        return None
+    temps = np.asarray(temperatures, dtype=np.float64)
+    if temps.shape != (groups,) or not (np.isfinite(temps) & (temps > 0)).all():
+        raise ValueError(
+            f"Expected `temperatures` to hold one finite value > 0 per {what} ({groups}), got "
+            f"{temps.tolist()}; pass None to sample every row at params.temperature."
+        )
+    return np.repeat(temps, size)
+
+
+def _start(
+    engine: Engine,
+    starts: Sequence[npt.NDArray[np.int64]],
+    params: SamplingParams,
+    repeat: int,
+    row_temps: npt.NDArray[np.float64] | None,
+) -> DecodeSession:
+    # Engines that predate per-row temperatures never see the keyword unless it is used.
+    if row_temps is None:
+        return engine.start(starts, params, repeat=repeat)
+    return engine.start(starts, params, repeat=repeat, temperatures=row_temps)
 
 
 def _prefilled(session: DecodeSession, starts: Sequence[np.ndarray]) -> int:

@@ -54,12 +54,17 @@ def pack(
     return PackedBatch(as_t(ids), as_t(att), as_t(pos), as_t(tgt), as_t(msk))
 
 
-def token_logprobs(model: torch.nn.Module, batch: PackedBatch, temperature: float = 1.0) -> torch.Tensor:
+def token_logprobs(
+    model: torch.nn.Module, batch: PackedBatch, temperature: float | torch.Tensor = 1.0
+) -> torch.Tensor:
     """log pi(target_t | prefix) for every target token, (B, T); padding positions hold 0.
 
     The LM head runs only on the positions that predict target tokens (prompts are usually longer
     than responses here), and the log-softmax is taken as ``logit - logsumexp`` in fp32 so that no
     (B, T, V) log-prob tensor is materialized.
+
+    ``temperature`` is one float for every row or a (B,) tensor of per-row temperatures (ERPO: each
+    sample is scored at the temperature it was sampled at).
     """
     body = model.get_decoder()  # type: ignore[operator]
     head = model.get_output_embeddings()  # type: ignore[operator]
@@ -67,7 +72,9 @@ def token_logprobs(model: torch.nn.Module, batch: PackedBatch, temperature: floa
     index = batch.gather_pos.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
     picked = torch.gather(hidden, 1, index)  # (B, T, H)
     logits = head(picked).float()
-    if temperature != 1.0:
+    if isinstance(temperature, torch.Tensor):
+        logits = logits / temperature.to(logits.device, torch.float32)[:, None, None]  # (B, T, V) / (B, 1, 1)
+    elif temperature != 1.0:
         logits = logits / temperature
     chosen = torch.gather(logits, -1, batch.targets.unsqueeze(-1)).squeeze(-1)
     logp = chosen - torch.logsumexp(logits, dim=-1)

@@ -10,7 +10,9 @@ Deviations from the papers (methods.md §1):
   their group's mean, as TRL does, and are counted in ``rollout/unscorable_fraction``.
 
 Subclasses (DEEP-GRPO) override :meth:`collect` to add samples of other streams and
-:meth:`stream_weights` to weigh them; everything else is shared.
+:meth:`stream_weights` to weigh them; ERPO overrides :meth:`root_temperatures` (per-prompt sampling
+temperatures, which the loss then scores each sample at) and :meth:`compute_advantages`; everything
+else is shared.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from deepgrpo_agent.engine.protocol import SamplingParams
 from deepgrpo_agent.evaluation import evaluate_policy
 from deepgrpo_agent.policy import RANDOM_TINY, load_policy, random_tiny_model, resolve_device, resolve_dtype
 from deepgrpo_agent.rollout import RolloutBatch, collect_rollouts
+from deepgrpo_agent.testbed import TESTBED, check_vocab
 from deepgrpo_agent.update import policy_update
 
 _MAX_EPOCH_SIZE = 10_000_000  # above this many training problems, sample i.i.d. instead of by epochs
@@ -62,29 +65,38 @@ class TrainSamples:
         targets: Generated ids per row: these tokens get the loss.
         advantages: (N,) advantage broadcast to every target token.
         streams: (N,) stream id (0 = global GRPO stream; DEEP-GRPO adds 1 = local pivot groups).
+        temperatures: (N,) temperature each row was sampled at, which the loss scores it at (ERPO);
+            None, or nan in a row, = ``config.temperature``.
     """
 
     contexts: list[np.ndarray]
     targets: list[np.ndarray]
     advantages: np.ndarray
     streams: np.ndarray
+    temperatures: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.targets)
 
     @staticmethod
     def concat(parts: Sequence[TrainSamples]) -> TrainSamples:
+        temps = None
+        if any(p.temperatures is not None for p in parts):  # parts without them keep the config's (nan)
+            temps = np.concatenate([np.full(len(p), np.nan) if p.temperatures is None
+                                    else np.asarray(p.temperatures, dtype=np.float64) for p in parts])
         return TrainSamples(
             [c for p in parts for c in p.contexts],
             [t for p in parts for t in p.targets],
             np.concatenate([p.advantages for p in parts]) if parts else np.zeros(0),
             np.concatenate([p.streams for p in parts]).astype(np.int64) if parts else np.zeros(0, np.int64),
+            temps,
         )
 
     def select(self, keep: np.ndarray) -> TrainSamples:
         idx = np.flatnonzero(keep)
         return TrainSamples([self.contexts[i] for i in idx], [self.targets[i] for i in idx],
-                            self.advantages[idx], self.streams[idx])
+                            self.advantages[idx], self.streams[idx],
+                            None if self.temperatures is None else self.temperatures[idx])
 
 
 @dataclass
@@ -157,6 +169,8 @@ class GRPOTrainer:
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
         self.env = self._make_env(config.env_id, config.prompts_per_step * config.group_size,
                                   config.max_new_tokens)
+        if config.model == TESTBED:
+            check_vocab(int(self.env.single_action_space.n), what=f"{config.env_id}'s action space")
         self._setup_problem_split()
         if model is None:  # "random-tiny": sized to the env, so made after it
             model = random_tiny_model(int(self.env.single_action_space.n), config.seed)
@@ -191,7 +205,13 @@ class GRPOTrainer:
                 f"{cfg.env_id} has {n} problems; holding out {held_out} for evaluation leaves fewer than "
                 f"`prompts_per_step`={cfg.prompts_per_step}. Lower `eval_problems` or use another env."
             )
-        self.train_range = (0, n - held_out)
+        pool = n - held_out if cfg.train_problems == 0 else min(cfg.train_problems, n - held_out)
+        if pool < cfg.prompts_per_step:
+            raise ValueError(
+                f"Expected `train_problems` >= `prompts_per_step`={cfg.prompts_per_step}, got {cfg.train_problems}; "
+                "raise it or use 0 to train on the whole split."
+            )
+        self.train_range = (0, pool)
         self.eval_env_id = eval_id or cfg.env_id
         eval_n = n if self.eval_env_id == cfg.env_id else None
         self.eval_indices = (
@@ -321,8 +341,9 @@ class GRPOTrainer:
         mixed_groups, rounds = 0, 0
         while True:
             count = cfg.prompts_per_step - mixed_groups if rounds else cfg.prompts_per_step
-            batch = collect_rollouts(self.env, self.engine, self.next_problems(count), cfg.group_size,
-                                     self.sampling(), generator=self.generator)
+            problems = self.next_problems(count)
+            batch = collect_rollouts(self.env, self.engine, problems, cfg.group_size, self.sampling(),
+                                     generator=self.generator, temperatures=self.root_temperatures(problems))
             batches.append(batch)
             self.budget.add(root_rollouts=len(batch), generated_tokens=batch.generated_tokens,
                             prefilled_tokens=batch.prefilled_tokens)
@@ -349,8 +370,15 @@ class GRPOTrainer:
         zero_var = zero_variance_groups(rewards, groups).numpy()
         contexts = [np.concatenate([p, x]) for p, x in zip(batch.prompt_ids, batch.prefix_ids)]
         samples = TrainSamples(contexts, list(batch.new_ids), adv.astype(np.float32),
-                               np.full(len(adv), GLOBAL_STREAM, dtype=np.int64))
+                               np.full(len(adv), GLOBAL_STREAM, dtype=np.int64), batch.temperatures)
         return samples, zero_var
+
+    def root_temperatures(self, problems: np.ndarray) -> np.ndarray | None:
+        """Sampling temperature of each problem's root group; None = ``config.temperature`` for all.
+
+        GRPO samples every group at the config's temperature; ERPO raises it per prompt.
+        """
+        return None
 
     def stream_weights(self) -> dict[int, float]:
         """Loss weight per stream id; GRPO has only the global stream."""

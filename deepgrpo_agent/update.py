@@ -21,7 +21,17 @@ SKIP_ZERO_ADVANTAGE_ROWS = True
 def _scores(model: torch.nn.Module, samples: TrainSamples, idx: np.ndarray, device: torch.device,
             temperature: float, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     batch = pack([samples.contexts[i] for i in idx], [samples.targets[i] for i in idx], device, pad_id)
-    return token_logprobs(model, batch, temperature), batch.mask
+    return token_logprobs(model, batch, _row_temperatures(samples, idx, temperature, device)), batch.mask
+
+
+def _row_temperatures(
+    samples: TrainSamples, idx: np.ndarray, default: float, device: torch.device
+) -> float | torch.Tensor:
+    """``default`` for every row, or the rows' own sampling temperatures (nan = ``default``)."""
+    if samples.temperatures is None:
+        return default
+    temps = np.nan_to_num(np.asarray(samples.temperatures, dtype=np.float64)[idx], nan=default)
+    return torch.as_tensor(temps, dtype=torch.float32, device=device)  # (b,)
 
 
 def policy_update(trainer: GRPOTrainer, samples: TrainSamples) -> dict[str, float]:

@@ -12,14 +12,20 @@ Run (one to two minutes on 2 CPU cores):
 
     python examples/sb3_ppo_arithmetic.py --timesteps 300000
 
-It prints a learning curve (mean episode reward and success rate per ``--log-every`` timesteps),
-then the success rate of the trained policy next to that of a uniform-random policy.
+It prints a learning curve (mean episode reward and success rate per ``--log-every`` timesteps;
+``--curve-out curve.csv`` or ``curve.json`` also writes it), then the success rate of the trained
+policy next to that of a uniform-random policy. One timestep is one generated token, so the curve's
+x axis is the one LLM trainers count; ``examples/ppo_vs_grpo_arithmetic.py`` puts this PPO next to
+deepgrpo's GRPO on the same env at equal token budgets.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import time
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -44,6 +50,7 @@ parser.add_argument("--n-envs", type=int, default=16, help="parallel envs (in-pr
 parser.add_argument("--log-every", type=int, default=20_000, help="timesteps per learning-curve row")
 parser.add_argument("--eval-episodes", type=int, default=1000, help="episodes for the final comparison")
 parser.add_argument("--seed", type=int, default=0, help="seed for PPO, env resets and evaluation")
+parser.add_argument("--curve-out", type=Path, default=None, help="write the learning curve (.csv or .json)")
 args = parser.parse_args()
 torch.set_num_threads(1)  # the networks are tiny; one thread is fastest
 
@@ -74,11 +81,16 @@ class TokenEmbedding(BaseFeaturesExtractor):
 
 
 class LearningCurve(BaseCallback):
-    """Prints mean episode reward and success rate over each ``every`` timesteps."""
+    """Prints (and keeps in ``rows``) mean episode reward and success rate over each ``every`` timesteps.
+
+    ``success`` is the fraction of the training episodes finished in the window whose answer was
+    correct (the env's ``info["correct"]``; the format bonus does not count), sampled from the policy.
+    """
 
     def __init__(self, every: int) -> None:
         super().__init__()
         self.every, self.next_row = every, every
+        self.rows: list[dict[str, float]] = []
         self.rewards: list[float] = []
         self.correct: list[bool] = []
         self.form: list[bool] = []
@@ -96,10 +108,15 @@ class LearningCurve(BaseCallback):
                 self.correct.append(bool(info["correct"]))
                 self.form.append(info["format_ok"])
         if self.num_timesteps >= self.next_row and self.rewards:
+            row = {
+                "timesteps": self.num_timesteps, "episodes": len(self.rewards),
+                "mean_reward": float(np.mean(self.rewards)), "success": float(np.mean(self.correct)),
+                "answer_form": float(np.mean(self.form)), "secs": time.perf_counter() - self.start,
+            }
+            self.rows.append(row)
             print(
-                f"{self.num_timesteps:>10} {len(self.rewards):>9} {np.mean(self.rewards):>12.3f} "
-                f"{np.mean(self.correct):>8.3f} {np.mean(self.form):>12.3f} "
-                f"{time.perf_counter() - self.start:>6.0f}"
+                f"{row['timesteps']:>10} {row['episodes']:>9} {row['mean_reward']:>12.3f} "
+                f"{row['success']:>8.3f} {row['answer_form']:>12.3f} {row['secs']:>6.0f}"
             )
             self.rewards, self.correct, self.form = [], [], []
             self.next_row += self.every
@@ -138,7 +155,19 @@ model = PPO(
     verbose=0,
 )
 print(f"PPO on Arithmetic-v0 {ENV_KWARGS}, format bonus {args.format_bonus}, {args.timesteps} timesteps")
-model.learn(total_timesteps=args.timesteps, callback=LearningCurve(args.log_every))
+curve = LearningCurve(args.log_every)
+model.learn(total_timesteps=args.timesteps, callback=curve)
+if args.curve_out is not None:
+    args.curve_out.parent.mkdir(parents=True, exist_ok=True)
+    if args.curve_out.suffix == ".json":
+        args.curve_out.write_text(json.dumps({"env": ENV_KWARGS, "rows": curve.rows}, indent=1))
+    else:
+        with open(args.curve_out, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["timesteps", "episodes", "mean_reward", "success",
+                                                   "answer_form", "secs"])
+            writer.writeheader()
+            writer.writerows(curve.rows)
+    print(f"wrote the learning curve to {args.curve_out}")
 
 # Trained (greedy) policy against a uniform-random policy, on the env's own reward (no bonus).
 rng = np.random.default_rng(args.seed)

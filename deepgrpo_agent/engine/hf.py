@@ -72,7 +72,12 @@ class HFEngine:
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     def start(
-        self, sequences: Sequence[npt.NDArray[np.int64]], params: SamplingParams, *, repeat: int = 1
+        self,
+        sequences: Sequence[npt.NDArray[np.int64]],
+        params: SamplingParams,
+        *,
+        repeat: int = 1,
+        temperatures: Sequence[float] | npt.NDArray[np.floating] | None = None,
     ) -> HFDecodeSession:
         """Prefills each sequence once (left-padded batch) and expands its cache to ``repeat`` rows.
 
@@ -80,6 +85,9 @@ class HFEngine:
             sequences: Token ids to continue, one 1-D array per start sequence (lengths may differ).
             params: Sampling settings for the whole session.
             repeat: Copies of each sequence; row ``i * repeat + k`` is copy ``k`` of ``sequences[i]``.
+            temperatures: Optional per-row temperatures, ``len(sequences) * repeat`` values > 0, that
+                replace ``params.temperature`` for sampling, log-probs and entropies; None = the
+                scalar temperature for every row.
 
         Returns:
             A session whose first :meth:`HFDecodeSession.sample` draws the first new token.
@@ -95,6 +103,7 @@ class HFEngine:
                     f"Expected each sequence to be a non-empty 1-D array of token ids, got "
                     f"shape {s.shape} dtype {s.dtype} at index {i}."
                 )
+        row_temps = _row_temperatures(temperatures, len(seqs) * int(repeat))
         lengths = np.array([s.shape[0] for s in seqs], dtype=np.int64)
         width = int(lengths.max())
         ids = np.zeros((len(seqs), width), dtype=np.int64)
@@ -127,7 +136,8 @@ class HFEngine:
                 mask_t = mask_t.repeat_interleave(int(repeat), dim=0)
                 lengths_t = lengths_t.repeat_interleave(int(repeat), dim=0)
         return HFDecodeSession(
-            self, cache, logits, mask_t, width, lengths_t, params, prefilled_tokens=int(lengths.sum())
+            self, cache, logits, mask_t, width, lengths_t, params, prefilled_tokens=int(lengths.sum()),
+            temperatures=None if row_temps is None else torch.from_numpy(row_temps).to(dev),
         )
 
     def sync_weights(self, model: Any) -> None:
@@ -163,6 +173,9 @@ class HFDecodeSession:
     stream: compaction and other rows' endings never change them, and a session with the same rows,
     weights and generator state reproduces its tokens exactly. Greedy decoding draws nothing.
 
+    With per-row ``temperatures`` each row's logits are divided by its own temperature (never greedy);
+    without them the scalar ``params.temperature`` applies to every row.
+
     Attributes:
         num_rows: Number of logical rows.
         prefilled_tokens: Prompt tokens the prefill computed (each distinct sequence once).
@@ -180,6 +193,7 @@ class HFDecodeSession:
         params: SamplingParams,
         *,
         prefilled_tokens: int,
+        temperatures: torch.Tensor | None = None,
     ) -> None:
         self.engine = engine
         self.params = params
@@ -194,6 +208,7 @@ class HFDecodeSession:
         self._rows = np.arange(self.num_rows)  # logical index of each physical row
         self._ended = np.zeros(self.num_rows, dtype=bool)  # logical
         self._device = engine.device
+        self._temperatures = temperatures  # (num_rows,) float32 per logical row, or None = scalar
 
     @property
     def live_rows(self) -> int:
@@ -217,7 +232,11 @@ class HFDecodeSession:
         temperature, top_p = self.params.temperature, self.params.top_p
         with torch.inference_mode():
             logits = self._logits
-            if temperature > 0 and temperature != 1.0:
+            if self._temperatures is not None:
+                physical = torch.from_numpy(self._rows).to(self._device)
+                logits = logits / self._temperatures[physical][:, None]  # (B, V) / (B, 1)
+                temperature = 1.0  # any value > 0: sample, never greedy
+            elif temperature > 0 and temperature != 1.0:
                 logits = logits / temperature
             logp = torch.log_softmax(logits, dim=-1)  # (B, V)
             probs = logp.exp()
@@ -321,6 +340,26 @@ def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor, top_p: float) -> torch.Te
     target = (u * cdf[:, -1])[:, None]
     idx = torch.searchsorted(cdf, target, right=True).clamp_(max=vocab - 1)
     return order.gather(1, idx)[:, 0]
+
+
+def _row_temperatures(
+    temperatures: Sequence[float] | npt.NDArray[np.floating] | None, rows: int
+) -> npt.NDArray[np.float32] | None:
+    """Checks per-row temperatures: ``rows`` finite values > 0, as float32 (None passes through)."""
+    if temperatures is None:
+        return None
+    temps = np.asarray(temperatures, dtype=np.float64)
+    if temps.shape != (rows,):
+        raise ValueError(
+            f"Expected one temperature per row (len(sequences) * repeat = {rows}), got shape {temps.shape}; "
+            "repeat each sequence's temperature `repeat` times (np.repeat)."
+        )
+    if not (np.isfinite(temps) & (temps > 0)).all():
+        raise ValueError(
+            f"Expected per-row temperatures > 0 and finite, got {temps.tolist()}; use params.temperature=0 "
+            "without `temperatures` for greedy decoding."
+        )
+    return temps.astype(np.float32)
 
 
 def _output_size(model: Any) -> int | None:

@@ -65,12 +65,19 @@ class Engine(Protocol):
     """A generation backend (transformers today; vLLM later)."""
 
     def start(
-        self, sequences: Sequence[npt.NDArray[np.int64]], params: SamplingParams, *, repeat: int = 1
+        self,
+        sequences: Sequence[npt.NDArray[np.int64]],
+        params: SamplingParams,
+        *,
+        repeat: int = 1,
+        temperatures: Sequence[float] | npt.NDArray[np.floating] | None = None,
     ) -> DecodeSession:
         """Prefills each sequence ONCE and expands its cache to ``repeat`` rows (the branching primitive).
 
         Sequences may have different lengths (left padding, attention mask and positions are the
-        engine's business).
+        engine's business). ``temperatures`` (one per row, ``len(sequences) * repeat``, each > 0)
+        replaces ``params.temperature`` row by row, for sampling, log-probs and entropies alike
+        (ERPO's per-prompt temperatures); callers that do not need it never pass it.
         """
         ...
 

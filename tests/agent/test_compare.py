@@ -28,7 +28,7 @@ def small(tmp_path: Path, **overrides: Any) -> CompareConfig:
     fields: dict[str, Any] = dict(
         strategies=("grpo", "deep-grpo"), seeds=(0, 1), token_budget=1200, num_evals=2, model="random-tiny",
         env_kwargs=TINY_ENV, train={"prompts_per_step": 4, "group_size": 4, "learning_rate": 3e-3,
-                                    "device": "cpu", "micro_batch_size": 64},
+                                    "device": "cpu", "micro_batch_size": 64, "segment": "line"},
         eval_problems=16, save_every=2, output_dir=str(tmp_path / "cmp"), plots=False,
     )
     fields.update(overrides)
@@ -49,6 +49,24 @@ def test_every_strategy_gets_the_same_budget_env_model_and_evaluation(tmp_path: 
     assert [configs[f"grpo-n{n}"].group_size for n in (8, 16, 32, 64)] == [8, 16, 32, 64]
     assert configs["uniform-tree"].fork_selection == "uniform"
     assert configs["treerl"].fork_selection == "entropy"
+
+
+def test_strategy_fields_in_train_reach_only_the_strategies_that_have_them(tmp_path: Path) -> None:
+    cfg = small(tmp_path, strategies=("grpo", "deep-grpo", "treerl"))
+    assert run_config(cfg, "deep-grpo", 0).segment == "line"
+    assert not hasattr(run_config(cfg, "grpo", 0), "segment")
+    assert not hasattr(run_config(cfg, "treerl", 0), "segment")
+    small(tmp_path, strategies=("grpo",))  # a DEEP-GRPO field with no DEEP-GRPO strategy is unused, not an error
+    with pytest.raises(ValueError, match=r"`train` sets \['segmnet'\], a field of no strategy"):
+        small(tmp_path, train={"segmnet": "line"})
+
+
+def test_testbed_defaults_fit_arithmetic(tmp_path: Path) -> None:
+    cfg = CompareConfig(output_dir=str(tmp_path))
+    deep, tree = run_config(cfg, "deep-grpo", 0), run_config(cfg, "treerl", 0)
+    assert (deep.model, deep.env_id, deep.max_new_tokens, deep.segment) == ("arithmetic-testbed", "Arithmetic-v0",
+                                                                             80, "line")
+    assert (tree.stop_words, tree.skip_last_tokens, cfg.pass_k) == (("A:",), 2, 4)
 
 
 def test_strategy_overrides_win_over_shared_values(tmp_path: Path) -> None:
@@ -122,6 +140,31 @@ def test_end_to_end_equal_budget_tables_plots_and_reuse(tmp_path: Path, monkeypa
     monkeypatch.setattr(GRPOTrainer, "train_step", lambda self: pytest.fail("a finished run was retrained"))
     again = run_comparison(cfg)
     assert again["strategies"] == summary["strategies"]
+
+
+def test_cli_compare_on_the_shipped_testbed_every_default_strategy(tmp_path: Path) -> None:
+    """The README's comparison command, shortened: the testbed policy, all five strategies, CSV/JSON/PNG."""
+    pytest.importorskip("matplotlib")
+    from deepgrpo_agent.cli import main
+
+    out = tmp_path / "cmp"
+    assert main(["compare", "--seeds", "0", "--token-budget", "4000", "--num-evals", "1", "--eval-problems", "32",
+                 "--pass-k", "2", "--output-dir", str(out)]) == 0
+    runs = list(csv.DictReader((out / "runs.csv").open()))
+    assert [r["strategy"] for r in runs] == ["grpo", "deep-grpo", "erpo", "treerl", "uniform-tree"]
+    for r in runs:
+        metrics = [json.loads(x) for x in (out / r["strategy"] / "seed0" / "metrics.jsonl").read_text().splitlines()]
+        per_step = np.diff([0.0] + [m["budget/generated_tokens"] for m in metrics if m["kind"] == "train"])
+        # Equal budget: every run stops at the first step end past 4000 tokens, never a step later.
+        assert 4000 <= int(r["generated_tokens"]) < 4000 + per_step[-1] + 1e-9
+        assert 0.0 <= float(r["final_sample_accuracy"]) <= 1.0 and 0.0 <= float(r["final_accuracy"]) <= 1.0
+        assert float(r["initial_accuracy"]) > 0.5  # the testbed policy, not a random init, started every run
+    branched = {r["strategy"]: int(r["branch_rollouts"]) for r in runs}
+    assert branched["grpo"] == branched["erpo"] == 0
+    assert min(branched["deep-grpo"], branched["treerl"], branched["uniform-tree"]) > 0
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["config"]["model"] == "arithmetic-testbed" and len(summary["runs"]) == 5
+    assert (out / "comparison.png").stat().st_size > 10_000 and (out / "accuracy.png").is_file()
 
 
 class _Cut(Exception):

@@ -7,6 +7,7 @@ import pytest
 
 from deepgrpo_agent.pivots import (
     Recoverability,
+    boundary_table,
     candidates,
     fit_logistic,
     sample_pivots,
@@ -22,7 +23,7 @@ TABLE[PERIOD] = True
 def test_sentence_segments_candidates_and_ratios():
     # response: "a b . c . d e . f" -> segments end after tokens 3, 5, 8 and the tail ends at 9
     response = np.array([1, 2, PERIOD, 3, PERIOD, 4, 5, PERIOD, 6])
-    ends = segment_ends(response, mode="sentence", period_ids=TABLE)
+    ends = segment_ends(response, mode="sentence", boundary_ids=TABLE)
     np.testing.assert_array_equal(ends, [3, 5, 8, 9])
     cand = candidates(ends, max_depth=100)
     # T = n + 1 = 5; candidates: root (i=0, depth 0) and ends of segments 1..3 (the last is excluded)
@@ -32,7 +33,7 @@ def test_sentence_segments_candidates_and_ratios():
 
 def test_response_ending_with_period_and_budget():
     response = np.array([1, PERIOD, 2, PERIOD])
-    ends = segment_ends(response, mode="sentence", period_ids=TABLE)
+    ends = segment_ends(response, mode="sentence", boundary_ids=TABLE)
     np.testing.assert_array_equal(ends, [2, 4])  # the final period closes the last segment
     cand = candidates(ends, max_depth=2)  # depth 2 leaves no room under a budget of 2
     np.testing.assert_array_equal(cand.depths, [0])
@@ -44,8 +45,21 @@ def test_token_segments():
     np.testing.assert_array_equal(ends, [4, 8, 10])
     with pytest.raises(ValueError, match="segment_tokens"):
         segment_ends(np.arange(3), mode="tokens", segment_tokens=0)
-    with pytest.raises(ValueError, match="period_ids"):
+    with pytest.raises(ValueError, match="boundary_ids"):
         segment_ends(np.arange(3), mode="sentence")
+
+
+def test_line_segments_on_the_arithmetic_codec():
+    # Arithmetic-v0 writes one step per line: every newline ends a segment, '.' never occurs.
+    from deepgrpo_env.arithmetic import CharCodec
+
+    codec = CharCodec()
+    text = "3*4=12\n12+5=17\nA: 17"
+    response = np.array(codec.encode(text))
+    lines = boundary_table(codec.decode, codec.vocab_size, "line")
+    np.testing.assert_array_equal(segment_ends(response, mode="line", boundary_ids=lines), [7, 15, len(text)])
+    periods = boundary_table(codec.decode, codec.vocab_size, "sentence")
+    np.testing.assert_array_equal(segment_ends(response, mode="sentence", boundary_ids=periods), [len(text)])
 
 
 @pytest.mark.parametrize("gamma", [0.0, 1.0, 2.0])
