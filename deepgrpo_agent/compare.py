@@ -103,7 +103,7 @@ class CompareConfig:
 
     strategies: tuple[str, ...] = ("grpo", "deep-grpo", "erpo", "treerl", "uniform-tree")
     """Strategy names (see `deepgrpo compare --list`); GRPO-N is grpo-n8 / grpo-n16 / grpo-n32 / grpo-n64."""
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     """Seeds; every strategy runs once per seed (problem order, sampling and strategy randomness)."""
     token_budget: int = 300_000
     """Generated tokens (roots + branches) each run may spend; a run stops after the step that reaches it."""

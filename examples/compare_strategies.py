@@ -2,14 +2,14 @@
 
 What ``deepgrpo compare`` does, written out: every strategy trains the same initial policy on the
 same env, once per seed, until it has generated the same number of tokens (root rollouts plus
-branches, methods.md §5); all runs are evaluated greedily on the same held-out problems at the same
-token marks; the table reports mean ± std over seeds. Runs are checkpointed in their own directories,
+branches, methods.md §5); all runs are evaluated on the same held-out problems at the same token
+marks (greedy, and sampled at the training temperature); the table reports mean ± std over seeds. Runs are checkpointed in their own directories,
 so running the script again after an interruption continues where it stopped.
 
-Defaults: the shipped testbed policy (a ~2M-parameter Llama trained on arithmetic solutions with
-slips, see ``scripts/train_testbed.py``) on Arithmetic-v0, five strategies, three seeds.
+Defaults: the shipped testbed policy (a 643k-parameter Llama trained on arithmetic solutions with
+slips, see ``scripts/train_testbed.py``) on Arithmetic-v0, five strategies, five seeds.
 
-    python examples/compare_strategies.py                      # the README table (about 30 min, 2 CPU cores)
+    python examples/compare_strategies.py                      # the README table (about 21 min, 2 CPU cores)
     python examples/compare_strategies.py --quick              # a 1-minute smoke version
     python examples/compare_strategies.py --strategies grpo grpo-n16 grpo-n32 --seeds 0 1 2
 """
@@ -33,7 +33,7 @@ from deepgrpo_agent.compare import (
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--strategies", nargs="+", default=["grpo", "deep-grpo", "erpo", "treerl", "uniform-tree"],
                     choices=sorted(STRATEGIES), help="strategy names (deepgrpo compare --list describes them)")
-parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
 parser.add_argument("--token-budget", type=int, default=None, help="generated tokens per run")
 parser.add_argument("--quick", action="store_true", help="tiny budget and eval set: checks the pipeline only")
 parser.add_argument("--output-dir", default="runs/compare-example")
@@ -65,7 +65,8 @@ for seed in cfg.seeds:
         start = time.perf_counter()
         record = run_one(cfg, name, seed)
         records.append(record)
-        print(f"{name:14s} seed {seed}: held-out accuracy {record['initial_accuracy']:.3f} -> "
+        print(f"{name:14s} seed {seed}: held-out sampled accuracy {record['initial_sample_accuracy']:.3f} -> "
+              f"{record['final_sample_accuracy']:.3f}, greedy {record['initial_accuracy']:.3f} -> "
               f"{record['final_accuracy']:.3f} after {record['generated_tokens']:,} tokens, "
               f"{record['steps']} steps ({time.perf_counter() - start:.0f} s)")
 

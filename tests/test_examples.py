@@ -50,3 +50,13 @@ def test_ppo_vs_grpo_curves_share_the_token_budget(tmp_path):
     assert set(summary) == {"ppo", "grpo"}
     assert all(0.0 <= v <= 1.0 for algo in summary.values() for v in algo["mean"])
     assert plot.is_file() == has_matplotlib
+
+
+def test_compare_strategies_example_quick(tmp_path):
+    out = tmp_path / "cmp"
+    stdout = run_example("compare_strategies.py", "--quick", "--strategies", "grpo", "deep-grpo", "--seeds", "0",
+                         "--token-budget", "2000", "--output-dir", str(out))
+    assert "| grpo | 1 |" in stdout and "| deep-grpo | 1 |" in stdout  # the printed table
+    runs = list(csv.DictReader((out / "runs.csv").open()))
+    assert [r["strategy"] for r in runs] == ["grpo", "deep-grpo"]
+    assert all(int(r["generated_tokens"]) >= 2000 for r in runs)
