@@ -116,7 +116,7 @@ class CompareConfig:
     model: str = TESTBED_MODEL
     """Initial policy of every run: "arithmetic-testbed", "default", "random-tiny" or a checkpoint directory."""
     train: dict[str, Any] = field(default_factory=testbed_train)
-    """Trainer config values shared by the strategies (JSON on the command line, replacing the default dict as a whole), e.g. {"learning_rate": 1e-4}; a strategy-specific field (e.g. DEEP-GRPO's `segment`) goes to the strategies whose config has it. Default: :func:`testbed_train`."""
+    """Trainer config values shared by the strategies (JSON on the command line, replacing the default dict as a whole), e.g. {"learning_rate": 1e-4}; a strategy-specific field (e.g. DEEP-GRPO's `segment`) goes to the strategies whose config has it (the default: `testbed_train()`)."""
     strategy_overrides: dict[str, Any] = field(default_factory=dict)
     """Per-strategy config values, e.g. {"deep-grpo": {"branches_per_pivot": 4}}; they win over `train`."""
     eval_problems: int = 512
