@@ -448,7 +448,9 @@ class GRPOConfig:
 
     def _value_checks(self) -> list[tuple[bool, str, str, str]]:
         """``(holds, field, expected, how to fix)`` for every constraint on values, in field order."""
-        eps_fix = "The usual value is 0.2 (DAPO: 0.2 low, 0.28 high)."
+        return self._rollout_checks() + self._optimisation_checks() + self._run_checks()
+
+    def _rollout_checks(self) -> list[tuple[bool, str, str, str]]:
         return [
             (bool(self.env_id), "env_id", "to be a registered env id", "`deepgrpo envs` lists them."),
             (bool(self.model), "model", 'to be "default" or a checkpoint directory', 'Use "default".'),
@@ -476,6 +478,11 @@ class GRPOConfig:
                 "Sampling divides the logits by it; use 1.0 (the paper) or e.g. 0.1 for near-greedy.",
             ),
             (0.0 < self.top_p <= 1.0, "top_p", "in (0, 1]", "Use 1.0 to turn nucleus sampling off."),
+        ]
+
+    def _optimisation_checks(self) -> list[tuple[bool, str, str, str]]:
+        eps_fix = "The usual value is 0.2 (DAPO: 0.2 low, 0.28 high)."
+        return [
             (self.total_steps >= 1, "total_steps", ">= 1", "Train for at least one step."),
             (self.max_generated_tokens is None or self.max_generated_tokens >= 1, "max_generated_tokens",
              ">= 1 or None", "Use None for no token budget."),
@@ -522,6 +529,10 @@ class GRPOConfig:
                 ">= 0",
                 "Use 0 to never sample extra prompts.",
             ),
+        ]
+
+    def _run_checks(self) -> list[tuple[bool, str, str, str]]:
+        return [
             (self.eval_every >= 0, "eval_every", ">= 0", "Use 0 to never evaluate."),
             (
                 self.eval_problems >= (1 if self.eval_every > 0 else 0),

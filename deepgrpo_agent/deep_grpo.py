@@ -33,7 +33,7 @@ from deepgrpo_agent.pivots import (
     segment_ends,
     utility,
 )
-from deepgrpo_agent.rollout import RolloutBatch, branch_rollouts
+from deepgrpo_agent.rollout import RolloutBatch
 from deepgrpo_agent.trainer import GLOBAL_STREAM, GRPOTrainer, TrainSamples
 from deepgrpo_env.state import EnvState
 
@@ -114,7 +114,6 @@ class DeepGRPOTrainer(GRPOTrainer):
         self.phi = Recoverability(capacity=config.phi_buffer_size)
         self.pivot_rng = np.random.default_rng([config.seed, 17])
         super().__init__(config, **kwargs)
-        self._branch_env: Any = None
         codec = self.env.unwrapped.codec if hasattr(self.env, "unwrapped") else self.env.codec
         self.boundary_ids = (
             None if config.segment == "tokens"
@@ -184,18 +183,8 @@ class DeepGRPOTrainer(GRPOTrainer):
 
     def expand(self, pivots: list[Pivot]) -> RolloutBatch:
         """K continuations of every pivot, restored with reset_to and prefilled once per pivot."""
-        cfg = self.config
-        needed = len(pivots) * cfg.branches_per_pivot
-        if self._branch_env is None or self._branch_env.num_envs < needed:
-            if self._branch_env is not None:
-                self._branch_env.close()
-            self._branch_env = self._make_env(cfg.env_id, needed, cfg.max_new_tokens)
-        batch = branch_rollouts(self._branch_env, self.engine, [p.state for p in pivots],
-                                cfg.branches_per_pivot, self.sampling(), generator=self.generator,
-                                temperatures=self.branch_temperatures(pivots))
-        self.budget.add(branch_rollouts=len(batch), generated_tokens=batch.generated_tokens,
-                        prefilled_tokens=batch.prefilled_tokens)
-        return batch
+        return self.branch([p.state for p in pivots], self.config.branches_per_pivot,
+                           temperatures=self.branch_temperatures(pivots))
 
     def branch_temperatures(self, pivots: list[Pivot]) -> list[float] | None:
         """Sampling temperature of each pivot's branches; None = ``config.temperature`` (DEEP-ERPO overrides)."""

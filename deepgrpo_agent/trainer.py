@@ -46,9 +46,10 @@ from deepgrpo_agent.engine.hf import HFEngine
 from deepgrpo_agent.engine.protocol import SamplingParams
 from deepgrpo_agent.evaluation import evaluate_policy
 from deepgrpo_agent.policy import RANDOM_TINY, load_policy, random_tiny_model, resolve_device, resolve_dtype
-from deepgrpo_agent.rollout import RolloutBatch, collect_rollouts
+from deepgrpo_agent.rollout import RolloutBatch, branch_rollouts, collect_rollouts
 from deepgrpo_agent.testbed import TESTBED, check_vocab
 from deepgrpo_agent.update import policy_update
+from deepgrpo_env.state import EnvState
 
 _MAX_EPOCH_SIZE = 10_000_000  # above this many training problems, sample i.i.d. instead of by epochs
 
@@ -186,6 +187,27 @@ class GRPOTrainer:
         self.eval_history: list[dict[str, float]] = []
         if config.resume:
             self._resume()
+
+    def branch(
+        self, states: Sequence[EnvState], k: int, *, temperatures: Sequence[float] | None = None, reserve: int = 0
+    ) -> RolloutBatch:
+        """``k`` continuations of every state (``reset_to`` + one prefill per state, see
+        :func:`~deepgrpo_agent.rollout.branch_rollouts`), counted as branch rollouts in the budget.
+
+        The vector env is kept between steps and only rebuilt larger when ``len(states) * k`` (or
+        ``reserve``, a size known to be needed later) exceeds it; ``temperatures`` is per state.
+        """
+        needed = max(len(states) * k, reserve)
+        env = getattr(self, "_branch_env", None)
+        if env is None or env.num_envs < needed:
+            if env is not None:
+                env.close()
+            env = self._branch_env = self._make_env(self.config.env_id, needed, self.config.max_new_tokens)
+        batch = branch_rollouts(env, self.engine, list(states), k, self.sampling(), generator=self.generator,
+                                temperatures=temperatures)
+        self.budget.add(branch_rollouts=len(batch), generated_tokens=batch.generated_tokens,
+                        prefilled_tokens=batch.prefilled_tokens)
+        return batch
 
     # -- setup ------------------------------------------------------------------------------------
     def _make_env(self, env_id: str, num_envs: int, max_new_tokens: int) -> Any:

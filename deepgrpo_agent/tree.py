@@ -49,7 +49,7 @@ import numpy as np
 import numpy.typing as npt
 
 from deepgrpo_agent.config import GRPOConfig
-from deepgrpo_agent.rollout import RolloutBatch, branch_rollouts, collect_rollouts
+from deepgrpo_agent.rollout import RolloutBatch, collect_rollouts
 from deepgrpo_agent.trainer import GLOBAL_STREAM, GRPOTrainer, TrainSamples
 
 ForkSelection = Literal["entropy", "uniform"]
@@ -362,7 +362,6 @@ class TreeRLTrainer(GRPOTrainer):
         # Strategy state exists before GRPOTrainer.__init__, which may resume it from a checkpoint.
         self.fork_rng = np.random.default_rng([config.seed, 23])
         super().__init__(config, **kwargs)
-        self._branch_env: Any = None
         roots = config.prompts_per_step * config.tree_chains
         if self.env.num_envs < roots:  # GRPOTrainer sized it for group_size roots per prompt
             self.env.close()
@@ -449,19 +448,10 @@ class TreeRLTrainer(GRPOTrainer):
     def expand(self, paths: Sequence[TreePath], forks: Sequence[Fork]) -> RolloutBatch:
         """T continuations from the state before each fork token: one batched branch_rollouts call."""
         cfg = self.config
-        needed = len(forks) * cfg.tree_branches
-        if self._branch_env is None or self._branch_env.num_envs < needed:
-            if self._branch_env is not None:
-                self._branch_env.close()
-            # Sized once for the most a round can fork (N per chain's tree), whatever this round needs.
-            most = cfg.prompts_per_step * cfg.tree_chains * cfg.tree_forks * cfg.tree_branches
-            self._branch_env = self._make_env(cfg.env_id, max(needed, most), cfg.max_new_tokens)
         states = [paths[f.path].batch.prefix_state(paths[f.path].row, f.depth) for f in forks]
-        batch = branch_rollouts(self._branch_env, self.engine, states, cfg.tree_branches, self.sampling(),
-                                generator=self.generator)
-        self.budget.add(branch_rollouts=len(batch), generated_tokens=batch.generated_tokens,
-                        prefilled_tokens=batch.prefilled_tokens)
-        return batch
+        # The env is sized once for the most a round can fork (N per chain's tree).
+        most = cfg.prompts_per_step * cfg.tree_chains * cfg.tree_forks * cfg.tree_branches
+        return self.branch(states, cfg.tree_branches, reserve=most)
 
     def tree_samples(self, paths: Sequence[TreePath]) -> tuple[TrainSamples, dict[str, float]]:
         """One row per segment of every prompt's tree, advantage R(s); drops all-agreeing trees if asked."""

@@ -49,12 +49,11 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
-from torch import nn
 from transformers.utils import logging as hf_logging
 
 import deepgrpo_env  # noqa: F401  (registers Arithmetic-v0)
 from deepgrpo_agent import GRPOConfig, GRPOTrainer
+from deepgrpo_agent.sb3 import token_ppo
 from deepgrpo_env import BudgetIsTerminal, FormatReward
 from deepgrpo_env.arithmetic import ArithmeticVerifier
 
@@ -97,19 +96,6 @@ EVAL_INDICES = np.arange(NUM_PROBLEMS - args.eval_problems, NUM_PROBLEMS)
 def make_ppo_env() -> gym.Env:
     env = BudgetIsTerminal(gym.make("Arithmetic-v0", **ENV_KWARGS))
     return FormatReward(env, bonus=args.format_bonus, pattern=r"=\d")
-
-
-class TokenEmbedding(BaseFeaturesExtractor):
-    """Embeds every token id of ``input_ids`` and concatenates them, position by position."""
-
-    def __init__(self, observation_space: gym.spaces.Dict, dim: int = 16) -> None:
-        ids_space = observation_space["input_ids"]
-        width, vocab = ids_space.shape[0], int(ids_space.high.max()) + 1
-        super().__init__(observation_space, features_dim=width * dim)
-        self.embed = nn.Embedding(vocab, dim)
-
-    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.embed(obs["input_ids"].long()).flatten(1)  # (B, W * dim)
 
 
 def ppo_greedy_success(model: PPO, eval_env: gym.Env) -> float:
@@ -155,20 +141,8 @@ class TokenMarkEval(BaseCallback):
 def run_ppo(seed: int) -> list[tuple[int, float]]:
     """PPO's curve: ``(timesteps, greedy held-out success)`` at every mark; the settings of
     ``examples/sb3_ppo_arithmetic.py`` (episodes of three steps: no discounting, Monte-Carlo returns)."""
-    model = PPO(
-        "MultiInputPolicy",
-        make_vec_env(make_ppo_env, n_envs=16, seed=seed),
-        n_steps=64,
-        batch_size=256,
-        n_epochs=4,
-        gamma=1.0,
-        gae_lambda=1.0,
-        learning_rate=args.ppo_lr,
-        ent_coef=0.01,
-        policy_kwargs={"features_extractor_class": TokenEmbedding, "net_arch": [128, 128]},
-        seed=seed,
-        verbose=0,
-    )
+    vec_env = make_vec_env(make_ppo_env, n_envs=16, seed=seed)
+    model = token_ppo(vec_env, learning_rate=args.ppo_lr, ent_coef=0.01, seed=seed)
     record: list[tuple[int, float]] = []
     model.learn(total_timesteps=args.tokens, callback=TokenMarkEval(args.eval_every, record))
     return record

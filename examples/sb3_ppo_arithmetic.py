@@ -30,13 +30,11 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
-from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
-from torch import nn
 
 import deepgrpo_env  # noqa: F401  (registers Arithmetic-v0)
+from deepgrpo_agent.sb3 import token_ppo
 from deepgrpo_env import BudgetIsTerminal, FormatReward
 from deepgrpo_env.arithmetic import extract_answer
 
@@ -61,23 +59,6 @@ ENV_KWARGS = {"level": 1, "max_operand": args.max_operand, "max_response_tokens"
 def make_env() -> gym.Env:
     env = BudgetIsTerminal(gym.make("Arithmetic-v0", **ENV_KWARGS))
     return FormatReward(env, bonus=args.format_bonus, pattern=r"=\d")
-
-
-class TokenEmbedding(BaseFeaturesExtractor):
-    """Embeds every token id of ``input_ids`` and concatenates them, position by position.
-
-    MultiInputPolicy would otherwise feed the ids to the MLP as floats, where ``7`` sits between
-    ``6`` and ``8`` for no reason; an embedding treats tokens as symbols, as a language model does.
-    """
-
-    def __init__(self, observation_space: gym.spaces.Dict, dim: int = 16) -> None:
-        ids_space = observation_space["input_ids"]
-        width, vocab = ids_space.shape[0], int(ids_space.high.max()) + 1
-        super().__init__(observation_space, features_dim=width * dim)
-        self.embed = nn.Embedding(vocab, dim)
-
-    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.embed(obs["input_ids"].long()).flatten(1)  # (B, W * dim)
 
 
 class LearningCurve(BaseCallback):
@@ -140,20 +121,7 @@ def success_rate(policy, episodes: int, seed: int) -> tuple[float, float]:
 
 # PPO on the Dict observation: episodes are 3 steps, so no discounting and plain Monte-Carlo returns.
 vec_env = make_vec_env(make_env, n_envs=args.n_envs, seed=args.seed)
-model = PPO(
-    "MultiInputPolicy",
-    vec_env,
-    n_steps=64,
-    batch_size=256,
-    n_epochs=4,
-    gamma=1.0,
-    gae_lambda=1.0,
-    learning_rate=args.lr,
-    ent_coef=args.ent_coef,
-    policy_kwargs={"features_extractor_class": TokenEmbedding, "net_arch": [128, 128]},
-    seed=args.seed,
-    verbose=0,
-)
+model = token_ppo(vec_env, learning_rate=args.lr, ent_coef=args.ent_coef, seed=args.seed)
 print(f"PPO on Arithmetic-v0 {ENV_KWARGS}, format bonus {args.format_bonus}, {args.timesteps} timesteps")
 curve = LearningCurve(args.log_every)
 model.learn(total_timesteps=args.timesteps, callback=curve)

@@ -184,7 +184,7 @@ def test_train_samples_concat_and_select_keep_temperatures():
 
 @pytest.mark.parametrize("trainer_cls, config_cls", [(ERPOTrainer, ERPOConfig), (DeepERPOTrainer, DeepERPOConfig)])
 def test_two_step_smoke_run_and_resume(tmp_path, monkeypatch, trainer_cls, config_cls):
-    from deepgrpo_agent import deep_grpo
+    from deepgrpo_agent import trainer as trainer_module
 
     config = erpo_config(tmp_path, config_cls, total_steps=2, save_every=1, erpo_pseudo_advantage=0.1)
     trainer = trainer_cls(config, model=tiny_model(VOCAB))
@@ -192,9 +192,9 @@ def test_two_step_smoke_run_and_resume(tmp_path, monkeypatch, trainer_cls, confi
         trainer.tracker.update(trainer.env.unwrapped.core.source.problem(i).id, C)
     trained: list[np.ndarray] = []
     branched: list[np.ndarray] = []
-    real_update, real_branch = trainer.update, deep_grpo.branch_rollouts
+    real_update, real_branch = trainer.update, trainer_module.branch_rollouts
     monkeypatch.setattr(trainer, "update", lambda s: trained.append(s.temperatures) or real_update(s))
-    monkeypatch.setattr(deep_grpo, "branch_rollouts",
+    monkeypatch.setattr(trainer_module, "branch_rollouts",
                         lambda *a, **kw: branched.append(np.asarray(kw["temperatures"])) or real_branch(*a, **kw))
     before = [p.detach().clone() for p in trainer.model.parameters()]
     metrics = trainer.train()
