@@ -24,6 +24,8 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
+from deepgrpo_env.grading import CORRECT_THRESHOLD
+
 AdvantageScale = Literal["group", "batch", "none"]
 """How mean-centred advantages are scaled: by the group's std, the batch's std, or not at all."""
 
@@ -162,13 +164,16 @@ class GroupStats:
     unscorable_fraction: float
 
 
-def group_stats(rewards: Tensor, group_ids: Tensor, *, correct_threshold: float = 0.5) -> GroupStats:
+def group_stats(
+    rewards: Tensor, group_ids: Tensor, *, correct_threshold: float = CORRECT_THRESHOLD
+) -> GroupStats:
     """Counts zero-variance, all-correct, all-wrong and mixed groups (methods.md §1 and ERPO, §3).
 
     Args:
         rewards: (N,) rewards, ``NaN`` = unscorable.
         group_ids: (N,) integer group ids.
-        correct_threshold: A valid reward counts as correct when ``R >= correct_threshold``.
+        correct_threshold: A valid reward counts as correct when ``R >= correct_threshold`` (default
+            :data:`deepgrpo_env.grading.CORRECT_THRESHOLD`, the library's one definition).
 
     Returns:
         The batch's :class:`GroupStats`.

@@ -46,14 +46,13 @@ from deepgrpo_agent.config import GRPOConfig
 from deepgrpo_agent.deep_grpo import DeepGRPOConfig, DeepGRPOTrainer, Pivot
 from deepgrpo_agent.rollout import RolloutBatch
 from deepgrpo_agent.trainer import GRPOTrainer, TrainSamples
+from deepgrpo_env.grading import CORRECT_THRESHOLD
 
 ResetRule = Literal["base", "decay"]
 """What a mixed or all-wrong visit does to a prompt's temperature."""
 Outcome = Literal["all-correct", "all-wrong", "mixed", "unscorable"]
 """How a group of responses to one prompt turned out."""
 
-CORRECT_THRESHOLD = 0.5
-"""A scorable reward counts as correct when it is >= this (as in ``group_stats``)."""
 HISTOGRAM_BINS = 4
 """Equal-width bins of ``erpo/temperature_hist_*`` between the base temperature and T_max."""
 

@@ -12,7 +12,7 @@ from gymnasium import spaces
 
 from deepgrpo_env.codec import Codec, as_codec
 from deepgrpo_env.core import EpisodeCore, EpisodeLimits
-from deepgrpo_env.grading import Grade, Grader
+from deepgrpo_env.grading import Grade, Grader, is_correct
 from deepgrpo_env.problems import Problem
 from deepgrpo_env.prompts import PromptTemplate
 from deepgrpo_env.sources import DatasetSource, ProblemSource
@@ -137,7 +137,7 @@ def grade_info(grade: Grade | None, response: str, reference: str) -> dict[str, 
         "response": response,
         "reference": reference,
         "score": score,
-        "correct": None if score is None else bool(score > 0.5),
+        "correct": is_correct(score),
         "grade_status": status,
     }
 

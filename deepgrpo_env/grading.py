@@ -42,13 +42,32 @@ import cloudpickle
 
 from deepgrpo_env.verifiers import Verifier
 
-__all__ = ["WORKER_START_TIMEOUT", "Grade", "GradeStatus", "Grader", "VerifierError", "check_score"]
+__all__ = [
+    "CORRECT_THRESHOLD",
+    "WORKER_START_TIMEOUT",
+    "Grade",
+    "GradeStatus",
+    "Grader",
+    "VerifierError",
+    "check_score",
+    "is_correct",
+]
 
 logger = logging.getLogger(__name__)
 
 GradeStatus = Literal["ok", "unscorable", "timeout"]
 """``"ok"``: the verifier returned a float; ``"unscorable"``: it returned None; ``"timeout"``: it
 overran the time limit or its worker died."""
+
+CORRECT_THRESHOLD = 0.5
+"""A score counts as *correct* when it is >= this: the one definition the env's ``info["correct"]``,
+the reward wrappers, ``group_stats`` and ERPO's outcomes all use (see :func:`is_correct`)."""
+
+
+def is_correct(score: float | None) -> bool | None:
+    """Whether a score is correct (``score >= CORRECT_THRESHOLD``); None stays None (unscorable)."""
+    return None if score is None else bool(score >= CORRECT_THRESHOLD)
+
 
 WORKER_START_TIMEOUT = 120.0
 """Seconds a new worker may take to import the library and load the verifier (not part of any

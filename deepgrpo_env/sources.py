@@ -6,8 +6,6 @@ import hashlib
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-import numpy as np
-
 from deepgrpo_env.problems import Problem
 
 
@@ -60,8 +58,3 @@ class DatasetSource:
 
     def __repr__(self) -> str:
         return f"DatasetSource({self.name!r}, {len(self.problems)} problems)"
-
-
-def sample_index(source: ProblemSource, rng: np.random.Generator) -> int:
-    """Draws a problem index uniformly with the env's generator."""
-    return int(rng.integers(len(source)))

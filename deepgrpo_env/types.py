@@ -10,9 +10,5 @@ import numpy.typing as npt
 TokenArray = npt.NDArray[np.int64]
 """A 1-D array of token ids."""
 
-GradeStatus = Literal["ok", "unscorable", "timeout", "ungraded"]
-"""How an episode's final answer was graded: scored, unscorable (verifier returned None), timed out,
-or not graded at all (the env has no verifier)."""
-
 PromptStyle = Literal["boxed", "gsm8k-hash", "plain"]
 """Which answer instruction a prompt carries: ``\\boxed{}``, the DEEP-GRPO paper's ``####`` suffix, or none."""

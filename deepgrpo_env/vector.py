@@ -46,6 +46,11 @@ class ReasoningVectorEnv(gym.vector.VectorEnv[dict[str, np.ndarray], np.ndarray,
     ``copy=False`` returns the internal token buffer as ``obs["input_ids"]`` (no per-step copy of
     ``num_envs x W`` ids); it is then overwritten by later steps, so copy what you keep. Default True.
 
+    Agents read the env through public seams only: :attr:`codec` (the tokenizer), :attr:`limits`
+    (the token budgets), :attr:`num_problems`, :meth:`problem_id`, :meth:`prompt_ids`, :attr:`ended`
+    and the batched :meth:`snapshot` / :meth:`reset_to`; every wrapper in
+    :mod:`deepgrpo_env.vector_wrappers` forwards them.
+
     Episode-end information for sub-env ``i`` appears in ``info[key][i]`` with ``info["_" + key][i]``
     True, for keys ``response``, ``reference``, ``response_ids``, ``problem_id``, ``score`` (nan when
     None), ``correct`` (object: bool or None) and ``grade_status``.
@@ -283,6 +288,16 @@ class ReasoningVectorEnv(gym.vector.VectorEnv[dict[str, np.ndarray], np.ndarray,
             self.core.restore(r, state)
             self._autoreset[r] = state.done
         return self._obs(), self._start_info(rows)
+
+    # -- public seams for agents ------------------------------------------------------------------
+    @property
+    def num_problems(self) -> int:
+        """How many problems the env's source holds (problem indices are ``0 .. num_problems - 1``)."""
+        return len(self.core.source)
+
+    def problem_id(self, index: int) -> str:
+        """The stable id of problem ``index`` of the source (what per-prompt histories are keyed by)."""
+        return self.core.source.problem(int(index)).id
 
     # -- conveniences for rollout engines ---------------------------------------------------------
     @property

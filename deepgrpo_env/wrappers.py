@@ -24,7 +24,7 @@ from typing import Any, SupportsFloat
 import gymnasium as gym
 import numpy as np
 
-from deepgrpo_env.grading import Grader
+from deepgrpo_env.grading import Grader, is_correct
 from deepgrpo_env.state import EnvState
 from deepgrpo_env.verifiers import Verifier
 
@@ -163,7 +163,7 @@ class VerifierReward(StateForwardingWrapper):
             grade = self.grader.grade(info["response"], info["reference"])
             info = dict(info, inner_score=info.get("score"))
             info["score"] = grade.score
-            info["correct"] = None if grade.score is None else bool(grade.score > 0.5)
+            info["correct"] = is_correct(grade.score)
             info["grade_status"] = grade.status
             reward = grade.score if grade.score is not None else 0.0
         return obs, reward, terminated, truncated, info
