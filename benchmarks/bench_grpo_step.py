@@ -47,7 +47,7 @@ def ours(args: argparse.Namespace, out: str) -> list[dict[str, float]]:
     cfg = GRPOConfig(env_id=ENV_ID, model="default", prompts_per_step=2, group_size=8,
                      max_new_tokens=args.max_new_tokens, kl_coef=0.0, learning_rate=1e-6, total_steps=100,
                      eval_every=0, save_every=0, tensorboard=False, progress=False, micro_batch_size=16,
-                     output_dir=out)
+                     skip_zero_advantage_rows=not args.no_skip_zero_adv, output_dir=out)
     trainer = GRPOTrainer(cfg)
     records = []
     for k in range(args.warmup + args.steps):
@@ -114,10 +114,6 @@ def main() -> None:
     parser.add_argument("--no-skip-zero-adv", action="store_true",
                         help="also compute zero-advantage rows in our update (TRL's amount of update work)")
     args = parser.parse_args()
-    if args.no_skip_zero_adv:
-        from deepgrpo_agent import update
-
-        update.SKIP_ZERO_ADVANTAGE_ROWS = False
     peak = matmul_peak()
     with tempfile.TemporaryDirectory() as tmp:
         mine = ours(args, f"{tmp}/ours")

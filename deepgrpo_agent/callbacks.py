@@ -6,25 +6,48 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from deepgrpo_agent.trainer import GRPOTrainer
+
+class _BudgetLike(Protocol):
+    @property
+    def generated_tokens(self) -> int: ...
+
+
+class TrainerLike(Protocol):
+    """What callbacks may use of a trainer (every :class:`~deepgrpo_agent.trainer.GRPOTrainer` has it).
+
+    Callbacks are typed against this protocol, not the trainer class, so this module imports no
+    trainer (no import cycle) and a callback works with any trainer that has these members.
+    """
+
+    config: Any
+    step: int
+
+    @property
+    def budget(self) -> _BudgetLike: ...
+
+    @property
+    def finished(self) -> bool: ...
+
+    def evaluate(self, step: int | None = None) -> dict[str, float]: ...
+
+    def save_checkpoint(self) -> Path: ...
 
 
 class Callback:
     """Hooks the trainer calls; override what you need."""
 
-    def on_train_begin(self, trainer: GRPOTrainer) -> None:
+    def on_train_begin(self, trainer: TrainerLike) -> None:
         """Before the first step (after a resume, before the first new step)."""
 
-    def on_step_end(self, trainer: GRPOTrainer, step: int, metrics: dict[str, float]) -> None:
+    def on_step_end(self, trainer: TrainerLike, step: int, metrics: dict[str, float]) -> None:
         """After step ``step`` (1-based) finished its update; ``metrics`` may be extended."""
 
-    def on_evaluate(self, trainer: GRPOTrainer, step: int, metrics: dict[str, float]) -> None:
+    def on_evaluate(self, trainer: TrainerLike, step: int, metrics: dict[str, float]) -> None:
         """After an evaluation at ``step`` (0 = before training)."""
 
-    def on_train_end(self, trainer: GRPOTrainer) -> None:
+    def on_train_end(self, trainer: TrainerLike) -> None:
         """After the last step."""
 
 
@@ -48,7 +71,7 @@ class JSONLLogger(Callback):
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def on_train_begin(self, trainer: GRPOTrainer) -> None:
+    def on_train_begin(self, trainer: TrainerLike) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             kept = []
@@ -64,11 +87,11 @@ class JSONLLogger(Callback):
         with self.path.open("a") as f:
             f.write(json.dumps(record, allow_nan=True) + "\n")
 
-    def on_step_end(self, trainer: GRPOTrainer, step: int, metrics: dict[str, float]) -> None:
+    def on_step_end(self, trainer: TrainerLike, step: int, metrics: dict[str, float]) -> None:
         if step % trainer.config.log_every == 0 or trainer.finished:
             self._write({"step": step, "kind": "train", "time": time.time(), **_clean(metrics)})
 
-    def on_evaluate(self, trainer: GRPOTrainer, step: int, metrics: dict[str, float]) -> None:
+    def on_evaluate(self, trainer: TrainerLike, step: int, metrics: dict[str, float]) -> None:
         self._write({"step": step, "kind": "eval", "time": time.time(), **_clean(metrics)})
 
 
@@ -80,7 +103,7 @@ class TensorBoardLogger(Callback):
 
         self.writer = SummaryWriter(str(logdir))
 
-    def on_step_end(self, trainer: GRPOTrainer, step: int, metrics: dict[str, float]) -> None:
+    def on_step_end(self, trainer: TrainerLike, step: int, metrics: dict[str, float]) -> None:
         if step % trainer.config.log_every == 0 or trainer.finished:
             self._scalars(step, metrics)
 
@@ -88,11 +111,11 @@ class TensorBoardLogger(Callback):
         for k, v in _clean(metrics).items():
             self.writer.add_scalar(k, v, step)
 
-    def on_evaluate(self, trainer: GRPOTrainer, step: int, metrics: dict[str, float]) -> None:
+    def on_evaluate(self, trainer: TrainerLike, step: int, metrics: dict[str, float]) -> None:
         self._scalars(step, metrics)
         self.writer.flush()
 
-    def on_train_end(self, trainer: GRPOTrainer) -> None:
+    def on_train_end(self, trainer: TrainerLike) -> None:
         self.writer.close()
 
 
@@ -106,26 +129,26 @@ class WandbLogger(Callback):
             raise ImportError("wandb=True needs the wandb package: pip install wandb") from e
         self.run = wandb.init(project=project, config=config, name=run_name)
 
-    def on_step_end(self, trainer: GRPOTrainer, step: int, metrics: dict[str, float]) -> None:
+    def on_step_end(self, trainer: TrainerLike, step: int, metrics: dict[str, float]) -> None:
         self.run.log(_clean(metrics), step=step)
 
-    def on_evaluate(self, trainer: GRPOTrainer, step: int, metrics: dict[str, float]) -> None:
+    def on_evaluate(self, trainer: TrainerLike, step: int, metrics: dict[str, float]) -> None:
         self.run.log(_clean(metrics), step=step)
 
-    def on_train_end(self, trainer: GRPOTrainer) -> None:
+    def on_train_end(self, trainer: TrainerLike) -> None:
         self.run.finish()
 
 
 class ProgressBar(Callback):
     """A live tqdm bar with reward, accuracy and tokens/s."""
 
-    def on_train_begin(self, trainer: GRPOTrainer) -> None:
+    def on_train_begin(self, trainer: TrainerLike) -> None:
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=trainer.config.total_steps, initial=trainer.step, desc="train", unit="step",
                         dynamic_ncols=True)
 
-    def on_step_end(self, trainer: GRPOTrainer, step: int, metrics: dict[str, float]) -> None:
+    def on_step_end(self, trainer: TrainerLike, step: int, metrics: dict[str, float]) -> None:
         self.bar.update(1)
         self.bar.set_postfix(
             reward=f"{metrics.get('rollout/reward_mean', float('nan')):.3f}",
@@ -134,11 +157,11 @@ class ProgressBar(Callback):
             loss=f"{metrics.get('loss/total', float('nan')):.4f}",
         )
 
-    def on_evaluate(self, trainer: GRPOTrainer, step: int, metrics: dict[str, float]) -> None:
+    def on_evaluate(self, trainer: TrainerLike, step: int, metrics: dict[str, float]) -> None:
         msg = ", ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in metrics.items() if k.startswith("eval/"))
         self.bar.write(f"[eval @ step {step}] {msg}")
 
-    def on_train_end(self, trainer: GRPOTrainer) -> None:
+    def on_train_end(self, trainer: TrainerLike) -> None:
         self.bar.close()
 
 
@@ -151,10 +174,10 @@ class EvalCallback(Callback):
         self.every_tokens = every_tokens
         self._tokens_seen = 0
 
-    def on_train_begin(self, trainer: GRPOTrainer) -> None:
+    def on_train_begin(self, trainer: TrainerLike) -> None:
         self._tokens_seen = trainer.budget.generated_tokens
 
-    def on_step_end(self, trainer: GRPOTrainer, step: int, metrics: dict[str, float]) -> None:
+    def on_step_end(self, trainer: TrainerLike, step: int, metrics: dict[str, float]) -> None:
         tokens, before = trainer.budget.generated_tokens, self._tokens_seen
         self._tokens_seen = tokens
         by_steps = self.every > 0 and step % self.every == 0
@@ -169,6 +192,18 @@ class CheckpointCallback(Callback):
     def __init__(self, every: int) -> None:
         self.every = every
 
-    def on_step_end(self, trainer: GRPOTrainer, step: int, metrics: dict[str, float]) -> None:
+    def on_step_end(self, trainer: TrainerLike, step: int, metrics: dict[str, float]) -> None:
         if (self.every > 0 and step % self.every == 0) or trainer.finished:
             trainer.save_checkpoint()
+
+
+__all__ = [
+    "Callback",
+    "CheckpointCallback",
+    "EvalCallback",
+    "JSONLLogger",
+    "ProgressBar",
+    "TensorBoardLogger",
+    "TrainerLike",
+    "WandbLogger",
+]

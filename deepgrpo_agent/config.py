@@ -357,6 +357,10 @@ class GRPOConfig:
     """Parameter dtype; "auto" is float32 on the CPU and bfloat16 on CUDA."""
     seed: int = 0
     """Seed of every random choice of the run (problem order, sampling, initialisation)."""
+    engine: str = "hf"
+    """Generation engine of the rollouts (deepgrpo_agent.engine.ENGINES): "hf" (KV-cache decoding with the trained transformers model)."""
+    env_wrappers: list[Any] = field(default_factory=list)
+    """Vector-env wrappers applied, in order, to every env of the run (root, branch and evaluation): each an import path "module:Class" or {"class": "module:Class", "kwargs": {...}}, e.g. "deepgrpo_env.vector_wrappers:FormatReward"."""
 
     # -- rollouts
     prompts_per_step: int = 4
@@ -391,6 +395,8 @@ class GRPOConfig:
     """Optimizer steps on each batch of rollouts (μ); 1 = the paper's on-policy setting (ratio = 1)."""
     micro_batch_size: int = 8
     """Sequences per forward/backward pass; gradients accumulate to exactly the full-batch gradient."""
+    skip_zero_advantage_rows: bool = True
+    """Skip the forward/backward pass of rows whose advantage is exactly 0 (the update is the same; off only to measure the work of an update that computes them, as TRL does)."""
 
     # -- loss
     clip_eps_low: float = 0.2
@@ -461,6 +467,7 @@ class GRPOConfig:
                 'Use "auto" to pick CUDA when it is available.',
             ),
             (self.seed >= 0, "seed", ">= 0", "NumPy's generators reject negative seeds."),
+            (bool(self.engine), "engine", 'to name an engine', 'Use "hf".'),
             (self.prompts_per_step >= 1, "prompts_per_step", ">= 1", "A step needs a prompt to sample for."),
             (self.train_problems >= 0, "train_problems", ">= 0", "Use 0 to train on the whole train split."),
             (

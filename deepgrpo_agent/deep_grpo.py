@@ -1,10 +1,11 @@
 """DEEP-GRPO (Guo et al., arXiv 2602.14169): dense resampling from recoverable pivots of failed rollouts.
 
-The trainer is GRPO's with one stage overridden: :meth:`DeepGRPOTrainer.collect` adds, after the
+The trainer is GRPO's with two stages overridden: :meth:`DeepGRPOTrainer.collect` adds, after the
 root rollouts, ``branches_per_pivot`` continuations from ``pivots_per_trajectory`` pivots of every
 failed root (reward <= ``failure_threshold``), restored through ``reset_to`` and generated with the
-engine's branching primitive. Branches form the *local* stream (advantage against their K siblings
-only, prefix gradient-masked); :meth:`stream_weights` weighs it by lambda (methods.md §2).
+engine's branching primitive; :meth:`DeepGRPOTrainer.compute_advantages` makes the branches the
+*local* stream (advantage against their K siblings only, prefix gradient-masked), which
+:meth:`stream_weights` weighs by lambda (docs/methods.md §2).
 
 Deviations from the paper (methods.md §2):
 - KL: the local stream's k3 term is multiplied by lambda like its policy term (the later release;
@@ -18,7 +19,7 @@ Deviations from the paper (methods.md §2):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -34,11 +35,14 @@ from deepgrpo_agent.pivots import (
     utility,
 )
 from deepgrpo_agent.rollout import RolloutBatch
-from deepgrpo_agent.trainer import GLOBAL_STREAM, GRPOTrainer, TrainSamples
+from deepgrpo_agent.samples import GLOBAL_STREAM, Rollouts, TrainSamples
+from deepgrpo_agent.trainer import GRPOTrainer
 from deepgrpo_env.state import EnvState
 
 LOCAL_STREAM = 1
 """Stream id of branch rollouts (the local pivot groups)."""
+PIVOT_RNG_SALT = 17
+"""The pivot generator is seeded ``[config.seed, PIVOT_RNG_SALT]``: independent of the run's other streams."""
 
 
 @dataclass
@@ -91,6 +95,14 @@ class DeepGRPOConfig(GRPOConfig):
             raise ValueError(f"Expected `pivot_sampling` in ('utility', 'uniform'), got {self.pivot_sampling!r}.")
 
 
+@dataclass
+class PivotRollouts(Rollouts):
+    """GRPO's rollouts plus the step's pivots and the branches sampled from them (K per pivot, in order)."""
+
+    pivots: list[Pivot] = field(default_factory=list)
+    branches: RolloutBatch | None = None
+
+
 @dataclass(frozen=True)
 class Pivot:
     """One chosen pivot: the root row it came from, its depth and normalized depth, and its state."""
@@ -112,12 +124,11 @@ class DeepGRPOTrainer(GRPOTrainer):
             raise TypeError(f"Expected a DeepGRPOConfig, got {type(config).__name__}.")
         # Strategy state exists before GRPOTrainer.__init__, which may resume it from a checkpoint.
         self.phi = Recoverability(capacity=config.phi_buffer_size)
-        self.pivot_rng = np.random.default_rng([config.seed, 17])
+        self.pivot_rng = np.random.default_rng([config.seed, PIVOT_RNG_SALT])
         super().__init__(config, **kwargs)
-        codec = self.env.unwrapped.codec if hasattr(self.env, "unwrapped") else self.env.codec
         self.boundary_ids = (
             None if config.segment == "tokens"
-            else boundary_table(codec.decode, self.env.single_action_space.n, config.segment)
+            else boundary_table(self.env.codec.decode, self.envs.vocab_size, config.segment)
         )
         if self.boundary_ids is not None and not self.boundary_ids.any():
             raise ValueError(
@@ -129,17 +140,24 @@ class DeepGRPOTrainer(GRPOTrainer):
     def stream_weights(self) -> dict[int, float]:
         return {GLOBAL_STREAM: 1.0, LOCAL_STREAM: self.config.local_loss_weight}
 
-    # -- the overridden stage ---------------------------------------------------------------------
-    def collect(self) -> tuple[TrainSamples, dict[str, float]]:
-        """Roots (GRPO) + branches from pivots of failed roots, as two streams."""
+    # -- the overridden stages --------------------------------------------------------------------
+    def collect(self) -> Rollouts:
+        """Roots (GRPO), then K branches from each pivot of the failed roots."""
+        roots = super().collect()
+        pivots = [p for batch in roots.roots for p in self.choose_pivots(batch)]
+        roots.metrics.update(self._pivot_metrics(pivots))
+        branches = self.expand(pivots) if pivots else None
+        return PivotRollouts(roots.roots, roots.signal, roots.metrics, pivots, branches)
+
+    def compute_advantages(self, rollouts: Rollouts) -> tuple[TrainSamples, dict[str, float]]:
+        """GRPO's root samples (global stream) + the branches' local stream, zero advantages dropped."""
+        if not isinstance(rollouts, PivotRollouts):
+            raise TypeError(f"Expected the PivotRollouts of DeepGRPOTrainer.collect, got {type(rollouts).__name__}.")
         cfg = self.config
-        roots, batches, metrics = self.collect_roots()
-        pivots = [p for batch in batches for p in self.choose_pivots(batch)]
-        metrics.update(self._pivot_metrics(pivots))
+        roots, metrics = super().compute_advantages(rollouts)
         local = TrainSamples.concat([])
-        if pivots:
-            branches = self.expand(pivots)
-            local, branch_metrics = self.local_samples(pivots, branches)
+        if rollouts.branches is not None:
+            local, branch_metrics = self.local_samples(rollouts.pivots, rollouts.branches)
             metrics.update(branch_metrics)
         if cfg.drop_zero_advantage:
             roots = roots.select(np.abs(roots.advantages) >= 1e-8)
@@ -161,7 +179,7 @@ class DeepGRPOTrainer(GRPOTrainer):
             return []
         rewards = np.nan_to_num(batch.rewards, nan=0.0)
         eligible = np.ones(len(batch), dtype=bool) if cfg.expand_all else rewards <= cfg.failure_threshold
-        max_depth = self.env.limits.max_response_tokens if hasattr(self.env, "limits") else cfg.max_new_tokens
+        max_depth = self.env.limits.max_response_tokens
         out: list[Pivot] = []
         for row in np.flatnonzero(eligible):
             response = np.asarray(batch.states[row].response_ids)
@@ -201,9 +219,7 @@ class DeepGRPOTrainer(GRPOTrainer):
         adv = (grouped - grouped.mean(axis=1, keepdims=True)).reshape(-1)
         succeeded: np.ndarray = np.asarray((grouped > cfg.failure_threshold).any(axis=1))
         self.phi.add([p.ratio for p in pivots], [bool(x) for x in succeeded])
-        contexts = [np.concatenate([p, x]) for p, x in zip(branches.prompt_ids, branches.prefix_ids)]
-        samples = TrainSamples(contexts, list(branches.new_ids), adv.astype(np.float32),
-                               np.full(adv.shape[0], LOCAL_STREAM, dtype=np.int64))
+        samples = TrainSamples.from_batch(branches, adv.astype(np.float32), LOCAL_STREAM)
         lengths = np.array([len(x) for x in branches.new_ids])
         entropies = np.concatenate(branches.entropies) if branches.entropies else np.zeros(0)
         metrics = {
@@ -242,4 +258,4 @@ class DeepGRPOTrainer(GRPOTrainer):
         self.pivot_rng.bit_generator.state = state["pivot_rng"]
 
 
-__all__ = ["DeepGRPOConfig", "DeepGRPOTrainer", "LOCAL_STREAM", "Pivot"]
+__all__ = ["LOCAL_STREAM", "PIVOT_RNG_SALT", "DeepGRPOConfig", "DeepGRPOTrainer", "Pivot", "PivotRollouts"]

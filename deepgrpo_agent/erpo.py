@@ -7,10 +7,11 @@ mixed or all-wrong visit sends it back toward the base temperature (``GRPOConfig
 ``erpo_reset`` rule. Optionally all-correct groups get a small negative pseudo-advantage
 ``-erpo_pseudo_advantage`` instead of 0 (methods.md §3).
 
-:class:`ERPOTrainer` is GRPO's trainer with two stages overridden: :meth:`ERPOTrainer.root_temperatures`
-(how root groups are sampled) and :meth:`ERPOTrainer.compute_advantages` (tracker update and
+:class:`ERPOTrainer` is GRPO's trainer with three hooks overridden:
+:meth:`ERPOTrainer.root_temperatures` (how root groups are sampled), :meth:`ERPOTrainer.observe_roots`
+(the tracker update, as each root batch arrives) and :meth:`ERPOTrainer.root_advantages` (the
 pseudo-advantage); :class:`DeepERPOTrainer` is the same on top of DEEP-GRPO, whose branches are
-sampled at their root's temperature.
+sampled, and scored, at their root's temperature.
 
 Deviations from the paper (methods.md §3; the paper leaves these open):
 - Off-policy handling: every sample's log-probs in the loss (and the old/reference log-probs) are
@@ -41,11 +42,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import torch
 
+from deepgrpo_agent.advantages import zero_variance_groups
 from deepgrpo_agent.config import GRPOConfig
 from deepgrpo_agent.deep_grpo import DeepGRPOConfig, DeepGRPOTrainer, Pivot
 from deepgrpo_agent.rollout import RolloutBatch
-from deepgrpo_agent.trainer import GRPOTrainer, TrainSamples
+from deepgrpo_agent.trainer import GRPOTrainer
 from deepgrpo_env.grading import CORRECT_THRESHOLD
 
 ResetRule = Literal["base", "decay"]
@@ -288,24 +291,26 @@ class ERPOTrainer(GRPOTrainer):
     # -- the overridden stages --------------------------------------------------------------------
     def root_temperatures(self, problems: np.ndarray) -> np.ndarray:
         """Each problem's tracked temperature (the base for prompts never seen or not raised)."""
-        env = self.env.unwrapped if hasattr(self.env, "unwrapped") else self.env
-        source = env.core.source
-        return np.array([self.tracker.temperature(source.problem(int(i)).id) for i in problems])
+        return np.array([self.tracker.temperature(self.env.problem_id(int(i))) for i in problems])
 
-    def compute_advantages(self, batch: RolloutBatch) -> tuple[TrainSamples, np.ndarray]:
-        """GRPO's advantages, then a tracker visit per group and the pseudo-advantage.
-
-        Returns:
-            The samples and the mask of rows without signal; rows given the pseudo-advantage carry
-            signal, so dynamic sampling keeps them.
-        """
-        samples, zero_var = super().compute_advantages(batch)
+    def observe_roots(self, batch: RolloutBatch) -> np.ndarray:
+        """A tracker visit per group (before the next refill round picks its temperatures); rows given
+        the pseudo-advantage carry signal, so dynamic sampling keeps them."""
+        has_signal = super().observe_roots(batch)
         for rows in _group_slices(batch.group):
             self.tracker.update(batch.problem_id[rows[0]], batch.rewards[rows])
-        adv, given = pseudo_advantages(samples.advantages, batch.rewards, batch.group, zero_var,
-                                       self.config.erpo_pseudo_advantage)
-        samples.advantages = adv
-        return samples, zero_var & ~given
+        _, given = pseudo_advantages(np.zeros(len(batch), dtype=np.float32), batch.rewards, batch.group,
+                                     ~has_signal, self.config.erpo_pseudo_advantage)
+        return has_signal | given
+
+    def root_advantages(self, batch: RolloutBatch) -> np.ndarray:
+        """GRPO's advantages with the pseudo-advantage on all-correct zero-variance groups."""
+        advantages = super().root_advantages(batch)
+        rewards = torch.as_tensor(batch.rewards, dtype=torch.float32)
+        zero_var = zero_variance_groups(rewards, torch.as_tensor(batch.group, dtype=torch.int64)).numpy()
+        adv, _ = pseudo_advantages(advantages, batch.rewards, batch.group, zero_var,
+                                   self.config.erpo_pseudo_advantage)
+        return adv
 
     def rollout_metrics(self, batches: Sequence[RolloutBatch]) -> dict[str, float]:
         """GRPO's rollout metrics plus ``erpo/*`` (see :func:`erpo_metrics`)."""
@@ -349,12 +354,6 @@ class DeepERPOTrainer(ERPOTrainer, DeepGRPOTrainer):
     def branch_temperatures(self, pivots: list[Pivot]) -> list[float] | None:
         """Each pivot's branches are sampled at its root's temperature."""
         return list(_pivot_temperatures(pivots, self.config.temperature))
-
-    def local_samples(self, pivots: list[Pivot], branches: RolloutBatch) -> tuple[TrainSamples, dict[str, float]]:
-        """DEEP-GRPO's local samples, scored at the temperatures the branches were sampled at."""
-        samples, metrics = super().local_samples(pivots, branches)
-        samples.temperatures = branches.temperatures
-        return samples, metrics
 
 
 def _pivot_temperatures(pivots: Iterable[Pivot], base: float) -> Iterable[float]:

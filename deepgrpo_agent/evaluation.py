@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from deepgrpo_agent.engine.protocol import Engine, SamplingParams
-from deepgrpo_agent.rollout import collect_rollouts
+from deepgrpo_agent.rollout import RolloutEnv, collect_rollouts
+
+if TYPE_CHECKING:
+    from deepgrpo_agent.config import GRPOConfig
+    from deepgrpo_agent.env_pool import EnvPool
+
+EVAL_SEED_STRIDE = 7919
+"""Evaluation at step ``s`` samples pass@k with seed ``config.seed + EVAL_SEED_STRIDE * (s + 1)``
+(a prime stride: evaluations of one run, and of runs with nearby seeds, draw different samples)."""
 
 
 def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
@@ -22,7 +30,7 @@ def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
 
 
 def evaluate_policy(
-    venv: Any,
+    venv: RolloutEnv,
     engine: Engine,
     problem_indices: Sequence[int],
     *,
@@ -53,3 +61,49 @@ def evaluate_policy(
         metrics[f"eval/pass@{pass_k}"] = float(np.mean([pass_at_k(pass_k, int(h.sum()), pass_k) for h in hits]))
         metrics["eval/sample_accuracy"] = float(hits.mean())
     return metrics
+
+
+def eval_seed(seed: int, step: int) -> int:
+    """The pass@k sampling seed of the evaluation at ``step`` of a run seeded ``seed``."""
+    return seed + EVAL_SEED_STRIDE * (step + 1)
+
+
+def evaluate_on_pool(envs: EnvPool, engine: Engine, config: GRPOConfig, *, step: int = 0) -> dict[str, float]:
+    """:func:`evaluate_policy` on the pool's eval env and held-out problems, with the config's settings."""
+    with torch.no_grad():
+        return evaluate_policy(
+            envs.eval_env(), engine, envs.eval_indices.tolist(), max_new_tokens=envs.eval_budget,
+            pass_k=config.pass_k, temperature=config.temperature, seed=eval_seed(config.seed, step),
+        )
+
+
+def evaluate_config(config: GRPOConfig, *, model: Any = None, tokenizer: Any = None) -> dict[str, float]:
+    """Evaluates ``config.model`` (or ``model``) on the config's held-out problems, without a trainer.
+
+    What ``deepgrpo eval`` runs: the policy, an :class:`~deepgrpo_agent.env_pool.EnvPool` for the
+    split and the eval env, and the config's engine; no optimizer, logger or training rollouts.
+    """
+    import envs_registry
+    from deepgrpo_agent.engine import make_engine
+    from deepgrpo_agent.env_pool import EnvPool
+    from deepgrpo_agent.policy import (
+        RANDOM_TINY,
+        load_policy,
+        random_tiny_model,
+        resolve_device,
+        resolve_dtype,
+    )
+
+    envs_registry.check_id(config.env_id)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    if model is None and config.model != RANDOM_TINY:
+        model, tokenizer = load_policy(config.model, device=device, dtype=resolve_dtype(config.dtype, device))
+    envs = EnvPool(config, roots=1, tokenizer=tokenizer)
+    try:
+        if model is None:
+            model = random_tiny_model(envs.vocab_size, config.seed)
+        model = model.to(device).eval()
+        return evaluate_on_pool(envs, make_engine(config, model, vocab_size=envs.vocab_size), config)
+    finally:
+        envs.close()

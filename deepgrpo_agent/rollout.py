@@ -21,7 +21,7 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -35,10 +35,35 @@ __all__ = [
     "CUT_STATUS",
     "LoopResult",
     "RolloutBatch",
+    "RolloutEnv",
     "branch_rollouts",
     "collect_rollouts",
     "rollout_loop",
 ]
+
+@runtime_checkable
+class RolloutEnv(Protocol):
+    """What the rollout code needs of a vector env: a :class:`~deepgrpo_env.vector.ReasoningVectorEnv`
+    or any :mod:`deepgrpo_env.vector_wrappers` wrapper of one."""
+
+    @property
+    def num_envs(self) -> int: ...
+
+    @property
+    def ended(self) -> np.ndarray: ...
+
+    def reset(self, *, seed: Any = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]: ...
+
+    def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]: ...
+
+    def snapshot(self, indices: Sequence[int] | None = None) -> list[EnvState]: ...
+
+    def reset_to(
+        self, states: Sequence[EnvState], indices: Sequence[int] | None = None
+    ) -> tuple[Any, dict[str, Any]]: ...
+
+    def prompt_ids(self, index: int) -> np.ndarray: ...
+
 
 CUT_STATUS = "cut"
 """``grade_status`` of a row stopped by ``max_new_tokens`` before the env ended it (reward 0, not graded)."""
@@ -142,7 +167,7 @@ class RolloutBatch:
 
 
 def rollout_loop(
-    venv: Any,
+    venv: RolloutEnv,
     session: DecodeSession,
     rows: Sequence[int] | npt.NDArray[np.integer],
     params: SamplingParams,
@@ -220,7 +245,7 @@ def rollout_loop(
 
 
 def collect_rollouts(
-    venv: Any,
+    venv: RolloutEnv,
     engine: Engine,
     problem_indices: Sequence[int] | npt.NDArray[np.integer],
     group_size: int,
@@ -277,7 +302,7 @@ def collect_rollouts(
 
 
 def branch_rollouts(
-    venv: Any,
+    venv: RolloutEnv,
     engine: Engine,
     states: Sequence[EnvState],
     branches: int,
@@ -335,7 +360,7 @@ def branch_rollouts(
 
 
 # -- helpers ------------------------------------------------------------------------------------------
-def _check_env(venv: Any, needed: int, what: str) -> None:
+def _check_env(venv: RolloutEnv, needed: int, what: str) -> None:
     mode = getattr(venv, "autoreset_mode", None)
     if mode != AutoresetMode.DISABLED:
         raise ValueError(
@@ -349,7 +374,7 @@ def _check_env(venv: Any, needed: int, what: str) -> None:
         )
 
 
-def _check_loop_inputs(venv: Any, session: DecodeSession, rows: npt.NDArray[np.intp]) -> None:
+def _check_loop_inputs(venv: RolloutEnv, session: DecodeSession, rows: npt.NDArray[np.intp]) -> None:
     if session.num_rows != rows.shape[0]:
         raise ValueError(
             f"Expected one sub-env index per session row ({session.num_rows}), got {rows.shape[0]}."
@@ -371,7 +396,7 @@ def _check_loop_inputs(venv: Any, session: DecodeSession, rows: npt.NDArray[np.i
         )
 
 
-def _park_others(venv: Any, used: int) -> None:
+def _park_others(venv: RolloutEnv, used: int) -> None:
     """Makes sub-envs ``used ..`` inert: restores sub-env 0's state, marked terminated, into live ones."""
     if used >= venv.num_envs:
         return
@@ -416,7 +441,7 @@ def _prefilled(session: DecodeSession, starts: Sequence[np.ndarray]) -> int:
 
 
 def _assemble(
-    venv: Any,
+    venv: RolloutEnv,
     rows: npt.NDArray[np.intp],
     result: LoopResult,
     group: npt.NDArray[np.int64],

@@ -1,4 +1,4 @@
-"""GRPOTrainer: collect rollouts -> compute advantages -> update, as a template method.
+"""GRPOTrainer: ``collect()`` -> ``compute_advantages(rollouts)`` -> ``update(samples)``, a template method.
 
 Deviations from the papers (methods.md §1):
 - The loss is computed on per-token log-probs of the temperature-scaled policy (logits / T), the
@@ -9,10 +9,15 @@ Deviations from the papers (methods.md §1):
 - Unscorable rewards (verifier returned None or timed out) get advantage 0 and are excluded from
   their group's mean, as TRL does, and are counted in ``rollout/unscorable_fraction``.
 
-Subclasses (DEEP-GRPO) override :meth:`collect` to add samples of other streams and
-:meth:`stream_weights` to weigh them; ERPO overrides :meth:`root_temperatures` (per-prompt sampling
-temperatures, which the loss then scores each sample at) and :meth:`compute_advantages`; everything
-else is shared.
+Each stage is a method a strategy overrides: DEEP-GRPO's :meth:`collect` adds branches from pivots
+and its :meth:`compute_advantages` a second stream (weighed by :meth:`stream_weights`); ERPO
+overrides :meth:`root_temperatures` (per-prompt sampling temperatures, which the loss then scores
+each sample at), :meth:`observe_roots` (its history tracker) and :meth:`root_advantages` (the
+pseudo-advantage); the trees override :meth:`roots_per_prompt`, :meth:`collect` and
+:meth:`compute_advantages`. The envs come from an :class:`~deepgrpo_agent.env_pool.EnvPool` (the
+user may pass an env factory) and the engine from :func:`~deepgrpo_agent.engine.make_engine` (or is
+passed in); the update is :func:`~deepgrpo_agent.update.policy_update`, a function of explicit
+arguments.
 """
 
 from __future__ import annotations
@@ -25,13 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 
 import envs_registry
 from deepgrpo_agent import checkpoint as ckpt
-from deepgrpo_agent.advantages import group_advantages, group_stats
+from deepgrpo_agent.advantages import group_advantages, group_stats, zero_variance_groups
 from deepgrpo_agent.callbacks import (
     Callback,
     CheckpointCallback,
@@ -42,63 +46,17 @@ from deepgrpo_agent.callbacks import (
     WandbLogger,
 )
 from deepgrpo_agent.config import GRPOConfig, to_dict
-from deepgrpo_agent.engine.hf import HFEngine
+from deepgrpo_agent.engine import Engine, make_engine
 from deepgrpo_agent.engine.protocol import SamplingParams
-from deepgrpo_agent.evaluation import evaluate_policy
+from deepgrpo_agent.env_pool import EnvFactory, EnvPool
+from deepgrpo_agent.evaluation import evaluate_on_pool
 from deepgrpo_agent.policy import RANDOM_TINY, load_policy, random_tiny_model, resolve_device, resolve_dtype
 from deepgrpo_agent.rollout import RolloutBatch, branch_rollouts, collect_rollouts
-from deepgrpo_agent.testbed import TESTBED, check_vocab
-from deepgrpo_agent.update import policy_update
+from deepgrpo_agent.samples import GLOBAL_STREAM, Rollouts, TrainSamples
+from deepgrpo_agent.update import UpdateSettings, policy_update
 from deepgrpo_env.state import EnvState
 
 _MAX_EPOCH_SIZE = 10_000_000  # above this many training problems, sample i.i.d. instead of by epochs
-
-GLOBAL_STREAM = 0
-"""Stream id of root rollouts (the GRPO stream)."""
-
-
-@dataclass
-class TrainSamples:
-    """What the update trains on: one row per sequence.
-
-    Attributes:
-        contexts: Prompt (+ prefix) ids per row: conditioning only, no loss (gradient-masked).
-        targets: Generated ids per row: these tokens get the loss.
-        advantages: (N,) advantage broadcast to every target token.
-        streams: (N,) stream id (0 = global GRPO stream; DEEP-GRPO adds 1 = local pivot groups).
-        temperatures: (N,) temperature each row was sampled at, which the loss scores it at (ERPO);
-            None, or nan in a row, = ``config.temperature``.
-    """
-
-    contexts: list[np.ndarray]
-    targets: list[np.ndarray]
-    advantages: np.ndarray
-    streams: np.ndarray
-    temperatures: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    @staticmethod
-    def concat(parts: Sequence[TrainSamples]) -> TrainSamples:
-        temps = None
-        if any(p.temperatures is not None for p in parts):  # parts without them keep the config's (nan)
-            temps = np.concatenate([np.full(len(p), np.nan) if p.temperatures is None
-                                    else np.asarray(p.temperatures, dtype=np.float64) for p in parts])
-        return TrainSamples(
-            [c for p in parts for c in p.contexts],
-            [t for p in parts for t in p.targets],
-            np.concatenate([p.advantages for p in parts]) if parts else np.zeros(0),
-            np.concatenate([p.streams for p in parts]).astype(np.int64) if parts else np.zeros(0, np.int64),
-            temps,
-        )
-
-    def select(self, keep: np.ndarray) -> TrainSamples:
-        idx = np.flatnonzero(keep)
-        return TrainSamples([self.contexts[i] for i in idx], [self.targets[i] for i in idx],
-                            self.advantages[idx], self.streams[idx],
-                            None if self.temperatures is None else self.temperatures[idx])
-
 
 @dataclass
 class Budget:
@@ -129,19 +87,22 @@ def _adamw(model: torch.nn.Module, config: GRPOConfig) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, **kwargs)
 
 
-def _default_eval_env(env_id: str) -> str | None:
-    return {"MathReasoning-v0": "MathReasoning-GSM8K-test-v0"}.get(env_id)
-
-
 class GRPOTrainer:
-    """Trains a causal LM on a deepgrpo env with GRPO (methods.md §1).
+    """Trains a causal LM on a deepgrpo env with GRPO (docs/methods.md §1).
 
     Args:
         config: The run's configuration.
         model: A ready ``torch.nn.Module`` causal LM to train instead of loading ``config.model``.
-        tokenizer: The tokenizer for ``model`` (MathReasoning envs); envs with their own codec
-            (Arithmetic-v0) ignore it.
+        tokenizer: The tokenizer for ``model``, for envs that take one (MathReasoning-*); envs with
+            their own codec (Arithmetic-v0) ignore it.
         callbacks: Extra callbacks, run after the built-in ones.
+        make_env: ``make_env(num_envs) -> vector env`` building the training envs (root and branch)
+            instead of the registry, e.g. with a custom reward wrapper; also the eval env unless
+            ``config.eval_env_id`` or ``make_eval_env`` says otherwise (see
+            :class:`~deepgrpo_agent.env_pool.EnvPool`).
+        make_eval_env: ``make_eval_env(num_envs) -> vector env`` for evaluation.
+        engine: The generation engine; None = :func:`~deepgrpo_agent.engine.make_engine` of
+            ``config.engine`` over the model.
     """
 
     algo = "grpo"
@@ -153,6 +114,9 @@ class GRPOTrainer:
         model: torch.nn.Module | None = None,
         tokenizer: Any = None,
         callbacks: Sequence[Callback] = (),
+        make_env: EnvFactory | None = None,
+        make_eval_env: EnvFactory | None = None,
+        engine: Engine | None = None,
     ) -> None:
         envs_registry.check_id(config.env_id)
         self.config = config
@@ -168,16 +132,17 @@ class GRPOTrainer:
         self.budget = Budget()
         self.rng = np.random.default_rng(config.seed)
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
-        self.env = self._make_env(config.env_id, config.prompts_per_step * config.group_size,
-                                  config.max_new_tokens)
-        if config.model == TESTBED:
-            check_vocab(int(self.env.single_action_space.n), what=f"{config.env_id}'s action space")
-        self._setup_problem_split()
+        self.envs = EnvPool(config, roots=config.prompts_per_step * self.roots_per_prompt(), tokenizer=tokenizer,
+                            make_env=make_env, make_eval_env=make_eval_env)
+        self._check_policy_vocab()
+        self._order: np.ndarray = np.zeros(0, dtype=np.int64)
         if model is None:  # "random-tiny": sized to the env, so made after it
-            model = random_tiny_model(int(self.env.single_action_space.n), config.seed)
+            model = random_tiny_model(self.envs.vocab_size, config.seed)
         self.model = model.to(self.device)
-        self.engine = HFEngine(self.model, vocab_size=self.env.single_action_space.n)
+        self.engine = engine if engine is not None else make_engine(config, self.model,
+                                                                    vocab_size=self.envs.vocab_size)
         self.ref_model = self._frozen_copy() if config.kl_coef > 0 else None
+        self.update_settings = UpdateSettings.from_config(config)
         self.optimizer = _adamw(self.model, config)
         warmup = max(config.warmup_steps, 0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -188,59 +153,64 @@ class GRPOTrainer:
         if config.resume:
             self._resume()
 
+    # -- the envs (owned by self.envs) ------------------------------------------------------------
+    @property
+    def env(self) -> Any:
+        """The root env (``prompts_per_step * roots_per_prompt()`` sub-envs)."""
+        return self.envs.root
+
+    @property
+    def train_range(self) -> tuple[int, int]:
+        """Training problems are the indices in ``[lo, hi)``."""
+        return self.envs.train_range
+
+    @property
+    def eval_indices(self) -> np.ndarray:
+        """Held-out problem indices of the eval env."""
+        return self.envs.eval_indices
+
+    @property
+    def eval_env_id(self) -> str:
+        """The eval env's id."""
+        return self.envs.eval_env_id
+
+    def roots_per_prompt(self) -> int:
+        """Root rollouts sampled per prompt (GRPO: ``group_size``; the trees: their chains)."""
+        return self.config.group_size
+
+    def _check_policy_vocab(self) -> None:
+        from deepgrpo_agent.testbed import TESTBED, check_vocab
+
+        if self.config.model == TESTBED:
+            check_vocab(self.envs.vocab_size, what=f"{self.config.env_id}'s action space")
+
     def branch(
         self, states: Sequence[EnvState], k: int, *, temperatures: Sequence[float] | None = None, reserve: int = 0
     ) -> RolloutBatch:
         """``k`` continuations of every state (``reset_to`` + one prefill per state, see
         :func:`~deepgrpo_agent.rollout.branch_rollouts`), counted as branch rollouts in the budget.
 
-        The vector env is kept between steps and only rebuilt larger when ``len(states) * k`` (or
+        The branch env is kept between steps and only rebuilt larger when ``len(states) * k`` (or
         ``reserve``, a size known to be needed later) exceeds it; ``temperatures`` is per state.
         """
-        needed = max(len(states) * k, reserve)
-        env = getattr(self, "_branch_env", None)
-        if env is None or env.num_envs < needed:
-            if env is not None:
-                env.close()
-            env = self._branch_env = self._make_env(self.config.env_id, needed, self.config.max_new_tokens)
+        env = self.envs.branch_env(max(len(states) * k, reserve))
         batch = branch_rollouts(env, self.engine, list(states), k, self.sampling(), generator=self.generator,
                                 temperatures=temperatures)
         self.budget.add(branch_rollouts=len(batch), generated_tokens=batch.generated_tokens,
                         prefilled_tokens=batch.prefilled_tokens)
         return batch
 
+    def sample_roots(
+        self, problems: np.ndarray, per_prompt: int, temperatures: np.ndarray | None = None
+    ) -> RolloutBatch:
+        """``per_prompt`` root rollouts of every problem on the root env, counted in the budget."""
+        batch = collect_rollouts(self.env, self.engine, problems, per_prompt, self.sampling(),
+                                 generator=self.generator, temperatures=temperatures)
+        self.budget.add(root_rollouts=len(batch), generated_tokens=batch.generated_tokens,
+                        prefilled_tokens=batch.prefilled_tokens)
+        return batch
+
     # -- setup ------------------------------------------------------------------------------------
-    def _make_env(self, env_id: str, num_envs: int, max_new_tokens: int) -> Any:
-        kwargs = dict(self.config.env_kwargs)
-        kwargs.setdefault("max_response_tokens", max_new_tokens)
-        if env_id.split(":")[-1].startswith("MathReasoning") and self.tokenizer is not None:
-            kwargs.setdefault("tokenizer", self.tokenizer)
-        return gym.make_vec(env_id, num_envs=num_envs, autoreset_mode="Disabled", copy=False, **kwargs)
-
-    def _setup_problem_split(self) -> None:
-        cfg = self.config
-        n = len(self.env.unwrapped.core.source) if hasattr(self.env, "unwrapped") else len(self.env.core.source)
-        eval_id = cfg.eval_env_id or _default_eval_env(cfg.env_id)
-        held_out = cfg.eval_problems if eval_id in (None, cfg.env_id) else 0
-        if n - held_out < cfg.prompts_per_step:
-            raise ValueError(
-                f"{cfg.env_id} has {n} problems; holding out {held_out} for evaluation leaves fewer than "
-                f"`prompts_per_step`={cfg.prompts_per_step}. Lower `eval_problems` or use another env."
-            )
-        pool = n - held_out if cfg.train_problems == 0 else min(cfg.train_problems, n - held_out)
-        if pool < cfg.prompts_per_step:
-            raise ValueError(
-                f"Expected `train_problems` >= `prompts_per_step`={cfg.prompts_per_step}, got {cfg.train_problems}; "
-                "raise it or use 0 to train on the whole split."
-            )
-        self.train_range = (0, pool)
-        self.eval_env_id = eval_id or cfg.env_id
-        eval_n = n if self.eval_env_id == cfg.env_id else None
-        self.eval_indices = (
-            np.arange(n - held_out, n) if eval_n is not None else np.arange(cfg.eval_problems)
-        )
-        self._order: np.ndarray = np.zeros(0, dtype=np.int64)
-
     def _frozen_copy(self) -> torch.nn.Module:
         ref = copy.deepcopy(self.model).eval()
         for p in ref.parameters():
@@ -313,21 +283,31 @@ class GRPOTrainer:
         return path
 
     def train_step(self) -> dict[str, float]:
-        """One step: :meth:`collect` -> :meth:`compute_advantages` (inside collect) -> :meth:`update`."""
+        """One step: :meth:`collect` -> :meth:`compute_advantages` -> :meth:`update`."""
         t0 = time.perf_counter()
-        samples, metrics = self.collect()
+        rollouts = self.collect()
         t1 = time.perf_counter()
-        metrics.update(self.update(samples))
+        samples, adv_metrics = self.compute_advantages(rollouts)
+        metrics = {**rollouts.metrics, **adv_metrics}
         t2 = time.perf_counter()
+        metrics.update(self.update(samples))
+        t3 = time.perf_counter()
         self.step += 1
         gen = metrics.get("rollout/generated_tokens", 0.0)
         metrics.update({
-            "perf/collect_s": t1 - t0, "perf/update_s": t2 - t1, "perf/step_s": t2 - t0,
-            "perf/generated_tokens_per_s": gen / max(t1 - t0, 1e-9),
+            "perf/collect_s": t1 - t0, "perf/advantages_s": t2 - t1, "perf/update_s": t3 - t2,
+            "perf/step_s": t3 - t0, "perf/generated_tokens_per_s": gen / max(t1 - t0, 1e-9),
             "train/learning_rate": float(self.scheduler.get_last_lr()[0]),
         })
         metrics.update(self.budget.metrics())
         return metrics
+
+    def collect_samples(self) -> tuple[TrainSamples, dict[str, float]]:
+        """The first two stages, :meth:`collect` then :meth:`compute_advantages`: the samples the update
+        would train on and the step's rollout and advantage metrics."""
+        rollouts = self.collect()
+        samples, metrics = self.compute_advantages(rollouts)
+        return samples, {**rollouts.metrics, **metrics}
 
     def next_problems(self, count: int) -> np.ndarray:
         """The next ``count`` training problems: epochs of seeded permutations of the train split, or
@@ -345,55 +325,59 @@ class GRPOTrainer:
             self._order = self._order[take:]
         return np.asarray(out, dtype=np.int64)
 
-    def collect(self) -> tuple[TrainSamples, dict[str, float]]:
-        """The samples of one step and their rollout metrics (GRPO: root rollouts only)."""
-        samples, _, metrics = self.collect_roots()
-        return samples, metrics
+    # -- stage 1: collect --------------------------------------------------------------------------
+    def collect(self) -> Rollouts:
+        """Root rollouts of one step, with dynamic sampling (docs/methods.md §1).
 
-    def collect_roots(self) -> tuple[TrainSamples, list[RolloutBatch], dict[str, float]]:
-        """Root rollouts and their group advantages, with dynamic sampling (methods.md §1).
-
-        Returns:
-            The kept samples, every root batch sampled (refills included) and their metrics.
+        With ``dynamic_sampling="refill"`` more prompts are sampled until ``prompts_per_step`` groups
+        carry signal (:meth:`observe_roots`) or ``max_refill_rounds`` extra rounds ran.
         """
         cfg = self.config
         self.model.eval()
-        kept: list[TrainSamples] = []
+        per_prompt = self.roots_per_prompt()
         batches: list[RolloutBatch] = []
+        signal: list[np.ndarray] = []
         mixed_groups, rounds = 0, 0
         while True:
             count = cfg.prompts_per_step - mixed_groups if rounds else cfg.prompts_per_step
             problems = self.next_problems(count)
-            batch = collect_rollouts(self.env, self.engine, problems, cfg.group_size, self.sampling(),
-                                     generator=self.generator, temperatures=self.root_temperatures(problems))
+            batch = self.sample_roots(problems, per_prompt, self.root_temperatures(problems))
             batches.append(batch)
-            self.budget.add(root_rollouts=len(batch), generated_tokens=batch.generated_tokens,
-                            prefilled_tokens=batch.prefilled_tokens)
-            samples, zero_var = self.compute_advantages(batch)
-            if cfg.dynamic_sampling != "off":
-                samples = samples.select(~zero_var)
-            kept.append(samples)
-            mixed_groups += int((~zero_var).sum()) // cfg.group_size
+            signal.append(self.observe_roots(batch))
+            mixed_groups += int(signal[-1].sum()) // per_prompt
             rounds += 1
             if (cfg.dynamic_sampling != "refill" or mixed_groups >= cfg.prompts_per_step
                     or rounds > cfg.max_refill_rounds):
                 break
         metrics = self.rollout_metrics(batches)
         metrics["rollout/refill_rounds"] = float(rounds - 1)
-        return TrainSamples.concat(kept), batches, metrics
+        return Rollouts(batches, signal, metrics)
 
-    def compute_advantages(self, batch: RolloutBatch) -> tuple[TrainSamples, np.ndarray]:
-        """Group advantages of root rollouts; also returns the zero-variance-group mask."""
-        from deepgrpo_agent.advantages import zero_variance_groups
-
+    def observe_roots(self, batch: RolloutBatch) -> np.ndarray:
+        """Called on each root batch as it is sampled; returns (N,) bool, the rows whose group carries
+        signal (GRPO: not all rewards equal). ERPO also updates its history tracker here."""
         rewards = torch.as_tensor(batch.rewards, dtype=torch.float32)
         groups = torch.as_tensor(batch.group, dtype=torch.int64)
-        adv = group_advantages(rewards, groups, scale=self.config.advantage_scale).numpy()
-        zero_var = zero_variance_groups(rewards, groups).numpy()
-        contexts = [np.concatenate([p, x]) for p, x in zip(batch.prompt_ids, batch.prefix_ids)]
-        samples = TrainSamples(contexts, list(batch.new_ids), adv.astype(np.float32),
-                               np.full(len(adv), GLOBAL_STREAM, dtype=np.int64), batch.temperatures)
-        return samples, zero_var
+        return ~zero_variance_groups(rewards, groups).numpy()
+
+    # -- stage 2: compute advantages ------------------------------------------------------------------
+    def compute_advantages(self, rollouts: Rollouts) -> tuple[TrainSamples, dict[str, float]]:
+        """Group advantages of the root rollouts; dynamic sampling drops rows without signal.
+
+        Returns:
+            The samples to train on and advantage metrics (none for GRPO).
+        """
+        parts = []
+        for batch, signal in zip(rollouts.roots, rollouts.signal):
+            samples = TrainSamples.from_batch(batch, self.root_advantages(batch), GLOBAL_STREAM)
+            parts.append(samples.select(signal) if self.config.dynamic_sampling != "off" else samples)
+        return TrainSamples.concat(parts), {}
+
+    def root_advantages(self, batch: RolloutBatch) -> np.ndarray:
+        """(N,) float32 group advantages of one root batch (``advantage_scale``; ERPO adds its pseudo-advantage)."""
+        rewards = torch.as_tensor(batch.rewards, dtype=torch.float32)
+        groups = torch.as_tensor(batch.group, dtype=torch.int64)
+        return group_advantages(rewards, groups, scale=self.config.advantage_scale).numpy().astype(np.float32)
 
     def root_temperatures(self, problems: np.ndarray) -> np.ndarray | None:
         """Sampling temperature of each problem's root group; None = ``config.temperature`` for all.
@@ -406,10 +390,12 @@ class GRPOTrainer:
         """Loss weight per stream id; GRPO has only the global stream."""
         return {GLOBAL_STREAM: 1.0}
 
+    # -- stage 3: update --------------------------------------------------------------------------
     def update(self, samples: TrainSamples) -> dict[str, float]:
-        """``ppo_epochs`` optimizer steps on ``samples`` (see :func:`policy_update`)."""
+        """``ppo_epochs`` optimizer steps on ``samples`` (see :func:`~deepgrpo_agent.update.policy_update`)."""
         self.model.train()
-        metrics = policy_update(self, samples)
+        metrics = policy_update(self.model, self.optimizer, self.scheduler, samples, self.update_settings,
+                                stream_weights=self.stream_weights(), ref_model=self.ref_model, device=self.device)
         self.budget.add(trained_tokens=int(sum(len(t) for t in samples.targets)) * self.config.ppo_epochs)
         self.engine.sync_weights(self.model)
         return metrics
@@ -418,7 +404,8 @@ class GRPOTrainer:
     def rollout_metrics(self, batches: Sequence[RolloutBatch]) -> dict[str, float]:
         """Reward, accuracy, group statistics, entropy and length of this step's root rollouts."""
         rewards = np.concatenate([b.rewards for b in batches])
-        groups = np.concatenate([b.group + 10_000 * i for i, b in enumerate(batches)])
+        offsets = np.cumsum([0] + [int(b.group.max()) + 1 if len(b) else 0 for b in batches])
+        groups = np.concatenate([b.group + offsets[i] for i, b in enumerate(batches)])  # distinct ids per batch
         stats = group_stats(torch.as_tensor(rewards, dtype=torch.float32), torch.as_tensor(groups))
         lengths = np.array([len(x) for b in batches for x in b.new_ids])
         entropies = np.concatenate([np.concatenate(b.entropies) for b in batches if len(b.entropies)])
@@ -441,18 +428,9 @@ class GRPOTrainer:
 
     # -- evaluation -------------------------------------------------------------------------------
     def evaluate(self, step: int | None = None) -> dict[str, float]:
-        """Greedy accuracy and pass@k on the held-out problems."""
-        cfg = self.config
+        """Greedy accuracy and pass@k on the held-out problems (see :func:`~deepgrpo_agent.evaluation.evaluate_on_pool`)."""
         step = self.step if step is None else step
-        if not hasattr(self, "_eval_env"):
-            max_tokens = cfg.eval_max_new_tokens or cfg.max_new_tokens
-            self._eval_env = self._make_env(self.eval_env_id, len(self.eval_indices) * max(cfg.pass_k, 1),
-                                            max_tokens)
-        metrics = evaluate_policy(
-            self._eval_env, self.engine, self.eval_indices.tolist(),
-            max_new_tokens=cfg.eval_max_new_tokens or cfg.max_new_tokens, pass_k=cfg.pass_k,
-            temperature=cfg.temperature, seed=cfg.seed + 7919 * (step + 1),
-        )
+        metrics = evaluate_on_pool(self.envs, self.engine, self.config, step=step)
         self.model.train()
         metrics["budget/generated_tokens"] = float(self.budget.generated_tokens)  # x axis of equal-budget curves
         self.eval_history.append({"step": float(step), **metrics})
@@ -507,3 +485,6 @@ class GRPOTrainer:
             ref_path = self.output_dir / "checkpoints" / "reference.pt"
             self.ref_model.load_state_dict(torch.load(ref_path, map_location=self.device))
         self.engine.sync_weights(self.model)
+
+
+__all__ = ["GLOBAL_STREAM", "Budget", "GRPOTrainer", "TrainSamples"]

@@ -41,7 +41,7 @@ Deviations from the paper (methods.md §4):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any, Literal
 
@@ -49,8 +49,12 @@ import numpy as np
 import numpy.typing as npt
 
 from deepgrpo_agent.config import GRPOConfig
-from deepgrpo_agent.rollout import RolloutBatch, collect_rollouts
-from deepgrpo_agent.trainer import GLOBAL_STREAM, GRPOTrainer, TrainSamples
+from deepgrpo_agent.rollout import RolloutBatch
+from deepgrpo_agent.samples import GLOBAL_STREAM, Rollouts, TrainSamples
+from deepgrpo_agent.trainer import GRPOTrainer
+
+FORK_RNG_SALT = 23
+"""The fork generator is seeded ``[config.seed, FORK_RNG_SALT]``: independent of the run's other streams."""
 
 ForkSelection = Literal["entropy", "uniform"]
 """How fork positions are chosen: highest surprisal (TreeRL's EPTree) or uniformly at random."""
@@ -350,6 +354,15 @@ def segment_samples(tree: SegmentTree, paths: Sequence[TreePath], advantages: np
                         np.full(len(tree), GLOBAL_STREAM, dtype=np.int64))
 
 
+@dataclass
+class TreeRollouts(Rollouts):
+    """The root chains (``roots[0]``) plus every sequence of the step's trees, the forks and their branches."""
+
+    paths: list[TreePath] = field(default_factory=list)
+    forks: list[Fork] = field(default_factory=list)
+    branches: list[RolloutBatch] = field(default_factory=list)
+
+
 class TreeRLTrainer(GRPOTrainer):
     """GRPO's trainer with tree rollouts and TreeRL's segment advantages (see the module docstring)."""
 
@@ -360,25 +373,21 @@ class TreeRLTrainer(GRPOTrainer):
         if not isinstance(config, TreeConfig):
             raise TypeError(f"Expected a TreeConfig, got {type(config).__name__}.")
         # Strategy state exists before GRPOTrainer.__init__, which may resume it from a checkpoint.
-        self.fork_rng = np.random.default_rng([config.seed, 23])
+        self.fork_rng = np.random.default_rng([config.seed, FORK_RNG_SALT])
         super().__init__(config, **kwargs)
-        roots = config.prompts_per_step * config.tree_chains
-        if self.env.num_envs < roots:  # GRPOTrainer sized it for group_size roots per prompt
-            self.env.close()
-            self.env = self._make_env(config.env_id, roots, config.max_new_tokens)
-        codec = self.env.unwrapped.codec if hasattr(self.env, "unwrapped") else self.env.codec
-        self.texts = token_texts(codec.decode, self.env.single_action_space.n) if config.stop_words else []
+        self.texts = token_texts(self.env.codec.decode, self.envs.vocab_size) if config.stop_words else []
 
-    # -- the overridden stage ---------------------------------------------------------------------
-    def collect(self) -> tuple[TrainSamples, dict[str, float]]:
-        """M chains per prompt, L rounds of forks, then one row per segment with advantage R(s)."""
+    def roots_per_prompt(self) -> int:
+        """M = ``tree_chains`` root chains per prompt (``group_size`` is not used)."""
+        return self.config.tree_chains
+
+    # -- the overridden stages --------------------------------------------------------------------
+    def collect(self) -> Rollouts:
+        """M chains per prompt, then L rounds of forks (T branches from each)."""
         cfg = self.config
         self.model.eval()
         problems = self.next_problems(cfg.prompts_per_step)
-        roots = collect_rollouts(self.env, self.engine, problems, cfg.tree_chains, self.sampling(),
-                                 generator=self.generator)
-        self.budget.add(root_rollouts=len(roots), generated_tokens=roots.generated_tokens,
-                        prefilled_tokens=roots.prefilled_tokens)
+        roots = self.sample_roots(problems, cfg.tree_chains)
         metrics = self.rollout_metrics([roots])
         paths = [TreePath(int(roots.group[r]), r, -1, 0, roots, r) for r in range(len(roots))]
         frontier = list(range(len(paths)))
@@ -400,11 +409,16 @@ class TreeRLTrainer(GRPOTrainer):
                                           j * cfg.tree_branches + k))
             forks += chosen
             branches.append(batch)
-        samples, tree_metrics = self.tree_samples(paths)
-        metrics.update(tree_metrics)
         metrics.update(self._fork_metrics(forks, branches))
         metrics["tree/unforkable_fraction"] = float(np.mean(unforkable)) if unforkable else 0.0
-        return samples, metrics
+        signal = np.ones(len(roots), dtype=bool)  # dynamic sampling acts per tree, in tree_samples
+        return TreeRollouts([roots], [signal], metrics, paths, forks, branches)
+
+    def compute_advantages(self, rollouts: Rollouts) -> tuple[TrainSamples, dict[str, float]]:
+        """One row per segment of every prompt's tree, with advantage R(s) (:meth:`tree_samples`)."""
+        if not isinstance(rollouts, TreeRollouts):
+            raise TypeError(f"Expected the TreeRollouts of TreeRLTrainer.collect, got {type(rollouts).__name__}.")
+        return self.tree_samples(rollouts.paths)
 
     def choose_forks(self, paths: Sequence[TreePath], frontier: Sequence[int]) -> tuple[list[Fork], float]:
         """Up to N forks per chain's tree among the positions the frontier paths generated.
@@ -543,6 +557,7 @@ __all__ = [
     "TreeConfig",
     "TreePath",
     "TreeRLTrainer",
+    "TreeRollouts",
     "UniformTreeConfig",
     "UniformTreeTrainer",
     "allowed_forks",

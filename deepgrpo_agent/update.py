@@ -1,21 +1,63 @@
-"""The policy update: clipped surrogate (+ k3 KL) per stream, micro-batched with exact accumulation."""
+"""The policy update: clipped surrogate (+ k3 KL) per stream, micro-batched with exact accumulation.
+
+:func:`policy_update` is a function of explicit arguments (model, optimizer, scheduler, samples,
+:class:`UpdateSettings`, stream weights, reference model); the trainer's ``update`` stage calls it.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from deepgrpo_agent.losses import clipped_policy_loss, get_aggregation, k3_kl
+from deepgrpo_agent.samples import TrainSamples
 from deepgrpo_agent.scoring import micro_batches, pack, token_logprobs
 
 if TYPE_CHECKING:
-    from deepgrpo_agent.trainer import GRPOTrainer, TrainSamples
+    from deepgrpo_agent.config import GRPOConfig
 
 
-SKIP_ZERO_ADVANTAGE_ROWS = True
-"""Skip forward/backward of rows whose advantage is exactly 0 (exact; a switch for tests)."""
+@dataclass(frozen=True)
+class UpdateSettings:
+    """The config fields the update reads (see :class:`~deepgrpo_agent.config.GRPOConfig`)."""
+
+    ppo_epochs: int = 1
+    micro_batch_size: int = 8
+    temperature: float = 1.0
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2
+    dual_clip: float | None = None
+    kl_coef: float = 0.0
+    loss_aggregation: str = "token-mean"
+    max_new_tokens: int = 256
+    max_grad_norm: float = 1.0
+    skip_zero_advantage_rows: bool = True
+    """Skip forward/backward of rows whose advantage is exactly 0 (exact; off for comparisons)."""
+
+    @staticmethod
+    def from_config(config: GRPOConfig) -> UpdateSettings:
+        """The update settings of a run's config."""
+        return UpdateSettings(
+            ppo_epochs=config.ppo_epochs, micro_batch_size=config.micro_batch_size,
+            temperature=config.temperature, clip_eps_low=config.clip_eps_low, clip_eps_high=config.clip_eps_high,
+            dual_clip=config.dual_clip, kl_coef=config.kl_coef, loss_aggregation=config.loss_aggregation,
+            max_new_tokens=config.max_new_tokens, max_grad_norm=config.max_grad_norm,
+            skip_zero_advantage_rows=config.skip_zero_advantage_rows,
+        )
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """What the helpers of one update share."""
+
+    model: torch.nn.Module
+    ref_model: torch.nn.Module | None
+    settings: UpdateSettings
+    weights: dict[int, float]
+    device: torch.device
 
 
 def _scores(model: torch.nn.Module, samples: TrainSamples, idx: np.ndarray, device: torch.device,
@@ -34,65 +76,90 @@ def _row_temperatures(
     return torch.as_tensor(temps, dtype=torch.float32, device=device)  # (b,)
 
 
-def policy_update(trainer: GRPOTrainer, samples: TrainSamples) -> dict[str, float]:
-    """Runs ``ppo_epochs`` optimizer steps on ``samples`` and returns loss metrics.
+def policy_update(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    samples: TrainSamples,
+    settings: UpdateSettings,
+    *,
+    stream_weights: dict[int, float],
+    ref_model: torch.nn.Module | None = None,
+    device: torch.device | None = None,
+) -> dict[str, float]:
+    """Runs ``settings.ppo_epochs`` optimizer steps on ``samples`` and returns loss metrics.
 
-    Each stream ``s`` contributes ``weight_s * aggregate(loss over its rows)`` (methods.md §1, §2).
-    Micro-batches divide by the *whole* stream's denominator (aggregation ``denominator``), so the
-    accumulated gradient equals the full-batch gradient whatever ``micro_batch_size`` is.
+    Each stream ``s`` contributes ``stream_weights[s] * aggregate(loss over its rows)`` (docs/methods.md
+    §1, §2). Micro-batches divide by the *whole* stream's denominator (aggregation ``denominator``), so
+    the accumulated gradient equals the full-batch gradient whatever ``micro_batch_size`` is.
+
+    Args:
+        model: The policy (in train mode).
+        optimizer: Its optimizer; one ``step()`` per epoch.
+        scheduler: The learning-rate schedule; one ``step()`` per epoch.
+        samples: The rows to train on.
+        settings: Loss and batching settings.
+        stream_weights: Loss weight of each stream id.
+        ref_model: Frozen reference policy for the k3 KL term (needed when ``settings.kl_coef`` > 0).
+        device: Where to run; default: the model's first parameter's device.
     """
-    cfg = trainer.config
     n = len(samples)
     if n == 0 or all(len(t) == 0 for t in samples.targets):
         return {"loss/total": 0.0, "train/skipped_update": 1.0}
+    if settings.kl_coef > 0 and ref_model is None:
+        raise ValueError(f"Expected a `ref_model` with kl_coef={settings.kl_coef} > 0, got None.")
+    device = device if device is not None else next(model.parameters()).device
+    parts = _Parts(model, ref_model if settings.kl_coef > 0 else None, settings, stream_weights, device)
     # Rows with advantage exactly 0 have a per-token loss of exactly 0 (for any ratio) and, without
     # KL, no gradient: skip their forward/backward but keep their tokens in the denominators, so the
     # update is the same as computing them (zero-variance groups are common early in training).
-    skip = SKIP_ZERO_ADVANTAGE_ROWS and trainer.ref_model is None
+    skip = settings.skip_zero_advantage_rows and parts.ref_model is None
     needed = np.flatnonzero(samples.advantages != 0) if skip else np.arange(n)
     lengths = [len(samples.contexts[i]) + len(samples.targets[i]) for i in needed]
-    groups = [needed[g] for g in micro_batches(len(needed), cfg.micro_batch_size, lengths)]
-    denominators = _stream_denominators(trainer, samples)
-    old, ref = _frozen_logprobs(trainer, samples, groups)
+    groups = [needed[g] for g in micro_batches(len(needed), settings.micro_batch_size, lengths)]
+    denominators = _stream_denominators(parts, samples)
+    old, ref = _frozen_logprobs(parts, samples, groups)
     totals: dict[str, float] = {}
-    for _ in range(cfg.ppo_epochs):
-        totals = _one_epoch(trainer, samples, groups, denominators, old, ref)
+    for _ in range(settings.ppo_epochs):
+        totals = _one_epoch(parts, optimizer, scheduler, samples, groups, denominators, old, ref)
     return totals
 
 
-def _stream_denominators(trainer: GRPOTrainer, samples: TrainSamples) -> dict[int, float]:
+def _stream_denominators(parts: _Parts, samples: TrainSamples) -> dict[int, float]:
     """Each stream's aggregation denominator over the whole batch."""
-    aggregation = get_aggregation(trainer.config.loss_aggregation)
+    aggregation = get_aggregation(parts.settings.loss_aggregation)
     t_max = max(len(t) for t in samples.targets)
     full_mask = torch.zeros(len(samples), max(t_max, 1), dtype=torch.bool)
     for i, t in enumerate(samples.targets):
         full_mask[i, : len(t)] = True
     streams = torch.as_tensor(samples.streams)
     return {
-        s: aggregation.denominator(full_mask[streams == s], max_tokens=trainer.config.max_new_tokens)
-        for s in trainer.stream_weights()
+        s: aggregation.denominator(full_mask[streams == s], max_tokens=parts.settings.max_new_tokens)
+        for s in parts.weights
         if bool((streams == s).any())
     }
 
 
 def _frozen_logprobs(
-    trainer: GRPOTrainer, samples: TrainSamples, groups: list[np.ndarray]
+    parts: _Parts, samples: TrainSamples, groups: list[np.ndarray]
 ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
     """Old-policy log-probs (only when ppo_epochs > 1) and reference log-probs (only with KL)."""
-    cfg, device = trainer.config, trainer.device
+    cfg, device = parts.settings, parts.device
     old: dict[int, torch.Tensor] = {}
     ref: dict[int, torch.Tensor] = {}
     with torch.no_grad():
         for k, idx in enumerate(groups):
             if cfg.ppo_epochs > 1:
-                old[k] = _scores(trainer.model, samples, idx, device, cfg.temperature, 0)[0]
-            if trainer.ref_model is not None:
-                ref[k] = _scores(trainer.ref_model, samples, idx, device, cfg.temperature, 0)[0]
+                old[k] = _scores(parts.model, samples, idx, device, cfg.temperature, 0)[0]
+            if parts.ref_model is not None:
+                ref[k] = _scores(parts.ref_model, samples, idx, device, cfg.temperature, 0)[0]
     return old, ref
 
 
 def _one_epoch(
-    trainer: GRPOTrainer,
+    parts: _Parts,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
     samples: TrainSamples,
     groups: list[np.ndarray],
     denominators: dict[int, float],
@@ -100,9 +167,9 @@ def _one_epoch(
     ref: dict[int, torch.Tensor],
 ) -> dict[str, float]:
     """Accumulates every micro-batch's gradient, then takes one clipped optimizer step."""
-    cfg, model, device = trainer.config, trainer.model, trainer.device
-    aggregation, weights = get_aggregation(cfg.loss_aggregation), trainer.stream_weights()
-    trainer.optimizer.zero_grad(set_to_none=True)
+    cfg, model, device = parts.settings, parts.model, parts.device
+    aggregation, weights = get_aggregation(cfg.loss_aggregation), parts.weights
+    optimizer.zero_grad(set_to_none=True)
     sums = {"total": 0.0, "clip_fraction": 0.0, "kl": 0.0, "tokens": 0.0, "processed": 0.0}
     stream_sums = {s: 0.0 for s in denominators}
     for k, idx in enumerate(groups):
@@ -135,8 +202,8 @@ def _one_epoch(
             # (AdamW still applies momentum and weight decay, as in the unskipped update).
             p.grad = torch.zeros_like(p)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-    trainer.optimizer.step()
-    trainer.scheduler.step()
+    optimizer.step()
+    scheduler.step()
     return {
         "loss/total": sums["total"],
         "loss/clip_fraction": sums["clip_fraction"] / max(sums["tokens"], 1.0),

@@ -19,18 +19,32 @@ _VEC = "deepgrpo_env.vector:ReasoningVectorEnv"
 
 @dataclass(frozen=True)
 class EnvEntry:
-    """One registered id: what it is and how it is built."""
+    """One registered id: what it is, how it is built and how trainers use it.
+
+    Attributes:
+        id: The Gymnasium id.
+        description: One line for ``deepgrpo envs``.
+        kwargs: Default make-kwargs.
+        entry_point: The single env class.
+        vector_entry_point: The native vector env class.
+        eval_id: The id of the held-out split trainers evaluate on by default; None = the last
+            ``eval_problems`` problems of this id (held out of training).
+        takes_tokenizer: Whether the env tokenizes with the policy's tokenizer (``tokenizer=``);
+            False for envs with their own codec (Arithmetic-v0's characters).
+    """
 
     id: str
     description: str
     kwargs: dict[str, Any] = field(default_factory=dict)
     entry_point: str = _ENV
     vector_entry_point: str = _VEC
+    eval_id: str | None = None
+    takes_tokenizer: bool = True
 
 
 ENTRIES: tuple[EnvEntry, ...] = (
     EnvEntry("MathReasoning-v0", "GSM8K train (7,473 grade-school word problems), numeric grading",
-             {"problems": "gsm8k:train"}),
+             {"problems": "gsm8k:train"}, eval_id="MathReasoning-GSM8K-test-v0"),
     EnvEntry("MathReasoning-GSM8K-test-v0", "GSM8K test (1,319 problems), numeric grading",
              {"problems": "gsm8k:test"}),
     EnvEntry("MathReasoning-MATH-v0", "MATH test (5,000 competition problems), math-verify grading",
@@ -46,7 +60,8 @@ ENTRIES: tuple[EnvEntry, ...] = (
     EnvEntry("MathReasoning-MAWPS-v0", "MAWPS (2,065 arithmetic word problems), numeric grading",
              {"problems": "mawps:test"}),
     EnvEntry("Arithmetic-v0", "Procedural multi-step arithmetic, character tokenizer (fast CPU testbed)",
-             {}, "deepgrpo_env.arithmetic:ArithmeticEnv", "deepgrpo_env.arithmetic:ArithmeticVectorEnv"),
+             {}, "deepgrpo_env.arithmetic:ArithmeticEnv", "deepgrpo_env.arithmetic:ArithmeticVectorEnv",
+             takes_tokenizer=False),
 )
 
 
@@ -79,6 +94,12 @@ def suggest(env_id: str, n: int = 3) -> list[str]:
     return [lowered[c] for c in close]
 
 
+def entry(env_id: str) -> EnvEntry | None:
+    """The deepgrpo entry of ``env_id`` (``"envs_registry:"`` prefix allowed); None for other ids."""
+    bare = env_id.split(":", 1)[-1]
+    return next((e for e in ENTRIES if e.id == bare), None)
+
+
 def make(env_id: str, **kwargs: Any) -> gym.Env:
     """``gym.make`` with a "did you mean" error for unknown deepgrpo ids."""
     check_id(env_id)
@@ -100,4 +121,4 @@ def check_id(env_id: str) -> None:
 
 _register_all()
 
-__all__ = ["ENTRIES", "EnvEntry", "check_id", "list_envs", "make", "suggest"]
+__all__ = ["ENTRIES", "EnvEntry", "check_id", "entry", "list_envs", "make", "suggest"]

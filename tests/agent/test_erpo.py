@@ -93,14 +93,14 @@ def test_all_correct_prompts_get_the_pseudo_advantage_then_a_raised_temperature(
     trainer = ERPOTrainer(config, model=tiny_model(VOCAB))
     first = trainer.next_problems(2)
     monkeypatch.setattr(trainer, "next_problems", lambda count: first[:count])
-    samples, metrics = trainer.collect()
+    samples, metrics = trainer.collect_samples()
     assert len(samples) == 8  # nothing dropped: every group is all-correct and carries -eps
     np.testing.assert_allclose(samples.advantages, -0.05)
     np.testing.assert_allclose(samples.temperatures, 1.0)
     assert metrics["erpo/all_correct_fraction"] == 1.0 and metrics["erpo/raised_prompts"] == 2
     # Both prompts were all-correct: their next visit is sampled, and scored, one step hotter.
     np.testing.assert_allclose(trainer.root_temperatures(first), [1.25, 1.25])
-    samples, metrics = trainer.collect()
+    samples, metrics = trainer.collect_samples()
     np.testing.assert_allclose(samples.temperatures, 1.25)
     assert metrics["erpo/raised_groups"] == 2 and metrics["erpo/temperature_mean"] == 1.25
     assert metrics["erpo/revived_fraction"] == 0.0 and metrics["erpo/temperature_hist_2"] == 1.0  # [1.2, 1.3)
@@ -159,7 +159,7 @@ def test_update_scores_each_row_at_its_temperature_and_the_first_ratio_is_one(tm
         return real(logp, old, adv, **kw)
 
     monkeypatch.setattr(update, "clipped_policy_loss", spy)
-    metrics = update.policy_update(trainer, samples)
+    metrics = trainer.update(samples)
     assert np.isfinite(metrics["loss/total"])
     first_epoch = calls[: len(calls) // 2]
     for logp, old, adv in first_epoch:

@@ -107,10 +107,9 @@ def test_bad_configs_give_clear_errors(tmp_path):
 
 
 @pytest.mark.parametrize("aggregation", ["token-mean", "sequence-mean"])
-def test_skipping_zero_advantage_rows_is_exact(tmp_path, monkeypatch, aggregation):
+def test_skipping_zero_advantage_rows_is_exact(tmp_path, aggregation):
     import numpy as np
 
-    from deepgrpo_agent import update
     from deepgrpo_agent.trainer import TrainSamples
 
     rng = np.random.default_rng(0)
@@ -122,10 +121,10 @@ def test_skipping_zero_advantage_rows_is_exact(tmp_path, monkeypatch, aggregatio
     )
     results = []
     for skip in (True, False):
-        monkeypatch.setattr(update, "SKIP_ZERO_ADVANTAGE_ROWS", skip)
-        trainer = trainer_for(tmp_path / str(skip), loss_aggregation=aggregation, micro_batch_size=2)
+        trainer = trainer_for(tmp_path / str(skip), loss_aggregation=aggregation, micro_batch_size=2,
+                              skip_zero_advantage_rows=skip)
         plain_sgd(trainer)
-        update.policy_update(trainer, samples)
+        trainer.update(samples)
         results.append([p.detach().clone() for p in trainer.model.parameters()])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # summation order differs

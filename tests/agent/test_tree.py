@@ -175,7 +175,7 @@ def test_segments_partition_every_leaf_and_branches_start_before_the_fork(tmp_pa
         return samples, metrics
 
     trainer.tree_samples = spy  # type: ignore[method-assign]
-    samples, metrics = trainer.collect()
+    samples, metrics = trainer.collect_samples()
     paths = seen["paths"]
     assert metrics["tree/forks"] > 0 and any(p.parent >= 0 and paths[p.parent].parent >= 0 for p in paths)
     # Branches restart from the parent's state before the fork token: same prompt and prefix.
@@ -259,7 +259,7 @@ def test_drop_removes_trees_whose_leaves_all_agree(tmp_path):
     cfg = tree_config(tmp_path, dynamic_sampling="drop")
     cfg.env_kwargs["verifier"] = always_one_inline
     trainer = TreeRLTrainer(cfg, model=tiny_model(VOCAB))
-    samples, metrics = trainer.collect()
+    samples, metrics = trainer.collect_samples()
     assert len(samples) == 0 and metrics["tree/zero_variance_fraction"] == 1.0 and metrics["tree/forks"] > 0
     assert math.isfinite(trainer.update(samples)["loss/total"])
 
