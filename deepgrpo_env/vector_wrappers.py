@@ -25,9 +25,10 @@ episode ended in that step::
             return rewards
 
 To replace the env's grading, use :class:`VerifierReward` with your verifier (a callable
-``(response, reference) -> float | None``); it also rewrites ``info["score"]``, ``info["correct"]``
-and ``info["grade_status"]``, which the trainers read. Make the env with ``verifier=None`` to avoid
-grading twice.
+``(response, reference) -> float | None``), or record your scores with
+:meth:`EpisodeRewardWrapper.set_scores`: the trainers read ``info["score"]`` (nan = unscorable,
+advantage 0), ``info["correct"]`` and ``info["grade_status"]``. Make the env with ``verifier=None``
+to avoid grading twice.
 """
 
 from __future__ import annotations
@@ -187,6 +188,33 @@ class EpisodeRewardWrapper(ReasoningVectorWrapper):
         """
         raise NotImplementedError(f"{type(self).__name__} must override episode_rewards().")
 
+    @staticmethod
+    def set_scores(
+        info: dict[str, Any],
+        rows: Sequence[int] | npt.NDArray[np.intp],
+        scores: Sequence[float | None],
+        statuses: Sequence[str] | None = None,
+    ) -> None:
+        """Replaces ``info["score"]``, ``info["correct"]`` and ``info["grade_status"]`` at ``rows``.
+
+        For wrappers that replace the env's grading. The trainers count a row whose ``score`` is nan
+        as unscorable (advantage 0) whatever its reward, so a wrapper that grades responses itself
+        (on an env made with ``verifier=None``, whose scores are nan) must record its scores here.
+        The previous scores move to ``info["inner_score"]``. ``statuses`` default to ``"ok"`` for a
+        float and ``"unscorable"`` for None.
+        """
+        score = np.array(info["score"], dtype=np.float64, copy=True)
+        correct = np.array(info["correct"], dtype=object, copy=True)
+        status = np.array(info["grade_status"], dtype=object, copy=True)
+        info["inner_score"] = np.array(info["score"], dtype=np.float64, copy=True)
+        info["_inner_score"] = np.array(info["_score"], copy=True)
+        for k, r in enumerate(rows):
+            value = scores[k]
+            score[r] = np.nan if value is None else float(value)
+            correct[r] = is_correct(value)
+            status[r] = statuses[k] if statuses is not None else ("unscorable" if value is None else "ok")
+        info["score"], info["correct"], info["grade_status"] = score, correct, status
+
 
 class VerifierReward(EpisodeRewardWrapper):
     """Scores each final response with ``verifier``; that score becomes the episode's reward.
@@ -220,17 +248,9 @@ class VerifierReward(EpisodeRewardWrapper):
         self, rewards: npt.NDArray[np.float64], info: dict[str, Any], rows: npt.NDArray[np.intp]
     ) -> npt.NDArray[np.float64]:
         grades = self.grader.grade_many([(str(info["response"][r]), str(info["reference"][r])) for r in rows])
-        score = np.array(info["score"], dtype=np.float64, copy=True)
-        correct = np.array(info["correct"], dtype=object, copy=True)
-        status = np.array(info["grade_status"], dtype=object, copy=True)
-        info["inner_score"] = np.array(info["score"], dtype=np.float64, copy=True)
-        info["_inner_score"] = np.array(info["_score"], copy=True)
+        self.set_scores(info, rows, [g.score for g in grades], [g.status for g in grades])
         for r, grade in zip(rows, grades):
-            score[r] = np.nan if grade.score is None else grade.score
-            correct[r] = is_correct(grade.score)
-            status[r] = grade.status
             rewards[r] = 0.0 if grade.score is None else grade.score
-        info["score"], info["correct"], info["grade_status"] = score, correct, status
         return rewards
 
     def close(self, **kwargs: Any) -> None:
