@@ -60,3 +60,10 @@ def test_compare_strategies_example_quick(tmp_path):
     runs = list(csv.DictReader((out / "runs.csv").open()))
     assert [r["strategy"] for r in runs] == ["grpo", "deep-grpo"]
     assert all(int(r["generated_tokens"]) >= 2000 for r in runs)
+
+
+def test_custom_reward_wrapper_example_trains_both_on_the_wrappers_rewards():
+    stdout = run_example("custom_reward_wrapper.py", "--steps", "1")
+    for name in ("GRPO", "DEEP-GRPO"):
+        assert f"{name}: first rollouts' rewards [0.0, 0.5, 1.0]" in stdout  # 0.5 exists only in the wrapper
+        assert f"{name}: mean reward of the first 1 steps" in stdout

@@ -32,7 +32,7 @@ def write(env, texts: list[str]):
     rewards, infos = np.zeros(n), [None] * n
     for t in range(max(len(s) for s in seqs)):
         acts = np.array([s[t] if t < len(s) else 1 for s in seqs])
-        _, r, term, trunc, info = env.step(acts)
+        _, r, _, _, info = env.step(acts)
         for i in np.flatnonzero(info.get("_response", np.zeros(n, bool))):
             rewards[i] = r[i]
             infos[i] = {k: info[k][i] for k in info if not k.startswith("_") and len(info[k]) == n}
