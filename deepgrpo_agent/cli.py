@@ -49,16 +49,12 @@ def _summary(trainer: object) -> None:
 
 def cmd_eval(argv: Sequence[str]) -> int:
     """``deepgrpo eval --model DIR|default --env-id ID --eval-problems N [--pass-k K]``."""
-    import torch
-
     from deepgrpo_agent.config import GRPOConfig
     from deepgrpo_agent.config_cli import parse_config
-    from deepgrpo_agent.trainer import GRPOTrainer
+    from deepgrpo_agent.evaluation import evaluate_config
 
     config = parse_config(GRPOConfig, list(argv) + ["--no-tensorboard", "--no-progress"])
-    trainer = GRPOTrainer(config)
-    with torch.no_grad():
-        metrics = trainer.evaluate(0)
+    metrics = evaluate_config(config)  # the policy, the eval env and the engine: no trainer
     print(json.dumps(metrics, indent=2))
     return 0
 

@@ -4,6 +4,9 @@ The envs' observations are dicts whose ``input_ids`` are token ids. :class:`Toke
 them (a ``MultiInputPolicy`` would otherwise feed the ids to its MLP as floats, where ``7`` sits
 between ``6`` and ``8`` for no reason), and :func:`token_ppo` is the PPO the examples use: one
 token per timestep, undiscounted Monte-Carlo returns (gamma = lambda = 1, the reward comes at the end).
+
+Stable-Baselines3 is an optional extra (``pip install 'deepgrpo[sb3]'``); importing this module
+without it raises an ImportError that says so.
 """
 
 from __future__ import annotations
@@ -12,9 +15,16 @@ from typing import Any
 
 import gymnasium as gym
 import torch
-from stable_baselines3 import PPO
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
+
+try:
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+except ImportError as e:  # an optional extra: nothing else in the library imports this module
+    raise ImportError(
+        "deepgrpo_agent.sb3 needs Stable-Baselines3, an optional extra: pip install 'deepgrpo[sb3]' "
+        "(or pip install 'stable-baselines3>=2.3')."
+    ) from e
 
 
 class TokenEmbedding(BaseFeaturesExtractor):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pickle
 import random
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import gymnasium as gym
 import numpy as np
@@ -18,7 +19,7 @@ class ContractError(AssertionError):
     """An environment broke deepgrpo's env contract."""
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     raise ContractError(message)
 
 
@@ -45,7 +46,14 @@ def _rollout(env: gym.Env, actions: list[int]) -> list[tuple[Any, ...]]:
     return trace
 
 
-def check_reasoning_env(env: gym.Env, *, seed: int = 0, depth: int = 5, horizon: int = 8) -> None:
+def check_reasoning_env(
+    env: gym.Env,
+    *,
+    seed: int = 0,
+    depth: int = 5,
+    horizon: int = 8,
+    make_fresh: Callable[[], gym.Env] | None = None,
+) -> None:
     """Runs Gymnasium's checker, then the snapshot/restore contract, on ``env``.
 
     Checks: snapshot round trip (the same actions after a restore give identical observations,
@@ -53,8 +61,17 @@ def check_reasoning_env(env: gym.Env, *, seed: int = 0, depth: int = 5, horizon:
     pickle and restore into a freshly made env, the prompt decodes and re-encodes to itself, rewards
     lie in the reward range, a seeded reset is deterministic, and no global RNG is touched.
 
+    Args:
+        env: The env to check.
+        seed: Seed of the resets and of the random actions.
+        depth: Actions taken before the snapshot.
+        horizon: Actions taken after it.
+        make_fresh: Builds a second env of the same configuration, for the restore-into-a-fresh-env
+            check; None = ``gym.make(env.spec)`` (the id *and* the make-kwargs), which needs an env
+            made with ``gym.make``.
+
     Raises:
-        ContractError: Describing the first broken rule.
+        ContractError: Describing the first broken rule, or when no fresh env can be made.
     """
     py_state, np_state = random.getstate(), np.random.get_state()
     gym_check_env(env.unwrapped, skip_render_check=True)
@@ -91,12 +108,16 @@ def check_reasoning_env(env: gym.Env, *, seed: int = 0, depth: int = 5, horizon:
     clone: EnvState = pickle.loads(pickle.dumps(state))
     if clone != state:
         _fail("A state changed through pickling.")
-    fresh = gym.make(env.spec.id) if env.spec is not None else None  # type: ignore[union-attr]
-    if fresh is not None and fresh.unwrapped.fingerprint == base.fingerprint:  # type: ignore[attr-defined]
-        reset_to(fresh, clone)
-        if not _same(first, _rollout(fresh, continuation)):
-            _fail("Restoring a pickled state into a fresh env gave different step outputs.")
-        fresh.close()
+    fresh = _fresh_env(env, make_fresh)
+    if fresh.unwrapped.fingerprint != base.fingerprint:  # type: ignore[attr-defined]
+        _fail(
+            f"The fresh env has fingerprint {fresh.unwrapped.fingerprint!r}, the checked env "  # type: ignore[attr-defined]
+            f"{base.fingerprint!r}: pass make_fresh= that builds the same configuration."  # type: ignore[attr-defined]
+        )
+    reset_to(fresh, clone)
+    if not _same(first, _rollout(fresh, continuation)):
+        _fail("Restoring a pickled state into a fresh env gave different step outputs.")
+    fresh.close()
 
     for step in first[:-1]:
         if step[2] != 0.0:
@@ -105,6 +126,17 @@ def check_reasoning_env(env: gym.Env, *, seed: int = 0, depth: int = 5, horizon:
         _fail(f"Expected a finite final reward, got {first[-1][2]}.")
     if random.getstate() != py_state or not _same_np_state(np.random.get_state(), np_state):
         _fail("The env touched Python's or NumPy's global random state.")
+
+
+def _fresh_env(env: gym.Env, make_fresh: Callable[[], gym.Env] | None) -> gym.Env:
+    if make_fresh is not None:
+        return make_fresh()
+    if env.spec is None:
+        _fail(
+            "Cannot make a fresh env to restore a pickled state into: the env has no spec (it was not made "
+            "with gym.make). Pass make_fresh=lambda: YourEnv(...same arguments...)."
+        )
+    return gym.make(env.spec)
 
 
 def _same(a: list[tuple[Any, ...]], b: list[tuple[Any, ...]]) -> bool:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deepgrpo_env import EnvState, ReasoningEnv
-from deepgrpo_env.checker import check_reasoning_env
+from deepgrpo_env.checker import ContractError, check_reasoning_env
 from tests.helpers import TINY_PROBLEMS, TinyCodec
 
 
@@ -212,7 +212,11 @@ def test_state_equality_and_repr():
 
 
 def test_project_checker_on_tiny_env():
-    check_reasoning_env(make_tiny())
+    check_reasoning_env(make_tiny(), make_fresh=make_tiny)
+    with pytest.raises(ContractError, match="make_fresh="):  # no spec and no factory: said, not skipped
+        check_reasoning_env(make_tiny())
+    with pytest.raises(ContractError, match="fingerprint"):
+        check_reasoning_env(make_tiny(), make_fresh=lambda: make_tiny(max_response_tokens=11))
 
 
 def test_gymnasium_check_env_on_tiny_env():
