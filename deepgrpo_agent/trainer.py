@@ -53,6 +53,7 @@ from deepgrpo_agent.evaluation import evaluate_on_pool
 from deepgrpo_agent.policy import RANDOM_TINY, load_policy, random_tiny_model, resolve_device, resolve_dtype
 from deepgrpo_agent.rollout import RolloutBatch, branch_rollouts, collect_rollouts
 from deepgrpo_agent.samples import GLOBAL_STREAM, Rollouts, TrainSamples
+from deepgrpo_agent.testbed import TESTBED, check_vocab
 from deepgrpo_agent.update import UpdateSettings, policy_update
 from deepgrpo_env.state import EnvState
 
@@ -179,8 +180,6 @@ class GRPOTrainer:
         return self.config.group_size
 
     def _check_policy_vocab(self) -> None:
-        from deepgrpo_agent.testbed import TESTBED, check_vocab
-
         if self.config.model == TESTBED:
             check_vocab(self.envs.vocab_size, what=f"{self.config.env_id}'s action space")
 

@@ -1,7 +1,7 @@
 """Trains the arithmetic testbed policy and ships it: ``deepgrpo_agent/testbed_model/``.
 
 Top to bottom: supervised training of a tiny Llama on Arithmetic-v0 solutions with random slips
-(the design is in :mod:`deepgrpo_agent.testbed`), then the measurements that go into
+(the design is in docs/testbed.md, the code in scripts/testbed_sft.py), then the measurements that go into
 ``recipe.json``: held-out greedy and sampled accuracy, and how recoverable the sampled failures are
 (branches from just before the first wrong line vs from the root). Everything is seeded.
 
@@ -24,10 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from deepgrpo_agent.testbed import (
+from testbed_sft import (  # scripts/testbed_sft.py, next to this script
     HELDOUT_GUARD,
-    TESTBED_DIR,
     Recipe,
     SFTRun,
     evaluate_testbed,
@@ -36,6 +34,8 @@ from deepgrpo_agent.testbed import (
     slip_rate,
     slip_recoverability,
 )
+
+from deepgrpo_agent.testbed import TESTBED_DIR
 
 
 def validation_indices(recipe: Recipe, count: int) -> list[int]:

@@ -12,24 +12,20 @@ import torch
 
 import envs_registry  # noqa: F401  (registers Arithmetic-v0)
 from deepgrpo_agent.policy import load_policy, model_path
-from deepgrpo_agent.testbed import (
-    TESTBED,
-    TESTBED_DIR,
-    TESTBED_ENV_KWARGS,
+from deepgrpo_agent.testbed import TESTBED, TESTBED_DIR, TESTBED_ENV_KWARGS, check_vocab, shipped_recipe
+from deepgrpo_env.arithmetic import ArithmeticVerifier, CharCodec, solution_text
+from scripts.testbed_sft import (
     CorpusStream,
     Recipe,
     SFTRun,
-    check_vocab,
     encode_example,
     evaluate_testbed,
     first_wrong_line,
     heldout_expressions,
     heldout_indices,
-    shipped_recipe,
     slip_rate,
     slipped_solution,
 )
-from deepgrpo_env.arithmetic import ArithmeticVerifier, CharCodec, solution_text
 
 # Greedy accuracy of the shipped policy on the trainer's last 32 held-out problems was 0.875 when it
 # was trained (0.816 on the last 512); the floor leaves a wide margin for other BLAS/torch builds.
