@@ -56,7 +56,7 @@ def load_model(kind: str, device: torch.device, dtype: torch.dtype) -> tuple[Any
             return loaded.to(device).eval(), f"SmolLM2-135M-Instruct ({path})"
         if kind == "default":
             raise FileNotFoundError(
-                f"No converted default model at {path}; run deepgrpo_env.default_model first."
+                f"No converted default model at {path}; run deepgrpo_agent.default_model.default_model_dir() first."
             )
     torch.manual_seed(0)
     model: Any = LlamaForCausalLM(smollm2_config())

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
+from deepgrpo_agent.default_model import INSTALL_HINT, default_model_dir
 from deepgrpo_agent.testbed import TESTBED, TESTBED_DIR, load_testbed
-from deepgrpo_env.default_model import INSTALL_HINT, default_model_dir
 
 
 def resolve_device(device: str) -> torch.device:

