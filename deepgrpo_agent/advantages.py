@@ -1,4 +1,4 @@
-"""Group-relative advantages of GRPO and statistics of reward groups (methods.md §1).
+"""Group-relative advantages of GRPO and statistics of reward groups (docs/methods.md §1).
 
 Rewards come as one flat ``(N,)`` tensor with a parallel ``(N,)`` tensor of group ids (one group per
 prompt, or per pivot in DEEP-GRPO's local stream). Groups may differ in size and their ids need not
@@ -83,7 +83,7 @@ def group_advantages(
     scale: AdvantageScale = "none",
     eps: float = 1e-6,
 ) -> Tensor:
-    """GRPO's group-relative advantages ``A_i = (R_i - mean_group R) / s`` (methods.md §1).
+    """GRPO's group-relative advantages ``A_i = (R_i - mean_group R) / s`` (docs/methods.md §1).
 
     Args:
         rewards: (N,) rewards; ``NaN`` marks an unscorable sample (advantage 0, excluded from its
@@ -167,7 +167,7 @@ class GroupStats:
 def group_stats(
     rewards: Tensor, group_ids: Tensor, *, correct_threshold: float = CORRECT_THRESHOLD
 ) -> GroupStats:
-    """Counts zero-variance, all-correct, all-wrong and mixed groups (methods.md §1 and ERPO, §3).
+    """Counts zero-variance, all-correct, all-wrong and mixed groups (docs/methods.md §1 and ERPO, §3).
 
     Args:
         rewards: (N,) rewards, ``NaN`` = unscorable.

@@ -1,7 +1,7 @@
 """Exploration strategies side by side: strategies x seeds at an equal generated-token budget.
 
 :func:`run_comparison` trains every (strategy, seed) pair of a :class:`CompareConfig` on one env until
-each has generated the same number of tokens (methods.md §5: roots + branches), evaluating on the same
+each has generated the same number of tokens (docs/methods.md §5: roots + branches), evaluating on the same
 held-out problems at the same token marks, then writes:
 
 - ``runs.csv``: one row per run (final / best held-out accuracy, tokens, steps, wall time);

@@ -333,7 +333,7 @@ _DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
 
 @dataclass(kw_only=True)
 class GRPOConfig:
-    """Configuration of a GRPO run (methods.md §1).
+    """Configuration of a GRPO run (docs/methods.md §1).
 
     Every field is also a command-line flag of ``deepgrpo train`` (``group_size`` -> ``--group-size``)
     and a key of the YAML file given with ``--config``. The defaults are the DEEP-GRPO paper's GRPO
@@ -380,7 +380,7 @@ class GRPOConfig:
     total_steps: int = 50
     """Training steps (each: collect rollouts, compute advantages, update)."""
     max_generated_tokens: int | None = None
-    """Generated-token budget (roots + branches, methods.md §5): training stops after the step that reaches it, or at `total_steps`, whichever comes first; None = steps only."""
+    """Generated-token budget (roots + branches, docs/methods.md §5): training stops after the step that reaches it, or at `total_steps`, whichever comes first; None = steps only."""
     learning_rate: float = 1e-6
     """AdamW learning rate (the paper's runs: 1e-6)."""
     weight_decay: float = 0.01

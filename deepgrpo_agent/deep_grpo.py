@@ -7,7 +7,7 @@ engine's branching primitive; :meth:`DeepGRPOTrainer.compute_advantages` makes t
 *local* stream (advantage against their K siblings only, prefix gradient-masked), which
 :meth:`stream_weights` weighs by lambda (docs/methods.md §2).
 
-Deviations from the paper (methods.md §2):
+Deviations from the paper (docs/methods.md §2):
 - KL: the local stream's k3 term is multiplied by lambda like its policy term (the later release;
   the first paper code did not).
 - ``min_branch_samples`` defaults to 0 (the paper code skipped the local stream below 128 surviving

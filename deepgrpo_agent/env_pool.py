@@ -58,14 +58,23 @@ def load_wrapper(spec: Any) -> Wrapper:
     try:
         target = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
-        raise ValueError(f"Cannot import env wrapper {path!r}: {e}. Check the module path and the name.") from e
+        raise ValueError(
+            f"Cannot import env wrapper {path!r}: {e}. Check the module path and the name."
+        ) from e
     if not callable(target):
-        raise ValueError(f"Expected env wrapper {path!r} to be a class or function, got {type(target).__name__}.")
+        raise ValueError(
+            f"Expected env wrapper {path!r} to be a class or function, got {type(target).__name__}."
+        )
     return (lambda venv: target(venv, **kwargs)) if kwargs else target  # type: ignore[no-any-return]
 
 
 def registry_env(
-    env_id: str, num_envs: int, *, budget: int, env_kwargs: Mapping[str, Any] | None = None, tokenizer: Any = None
+    env_id: str,
+    num_envs: int,
+    *,
+    budget: int,
+    env_kwargs: Mapping[str, Any] | None = None,
+    tokenizer: Any = None,
 ) -> Any:
     """A native vector env of a registered id for rollouts: ``autoreset_mode="Disabled"``, ``copy=False``.
 
@@ -94,8 +103,11 @@ def _budget_error(env_budget: int, budget: int, what: str) -> str:
 
 def check_env(venv: Any, budget: int, what: str) -> Any:
     """Checks that ``venv`` is a rollout env (the deepgrpo seams, autoreset disabled, budget <= ``budget``)."""
-    missing = [n for n in ("snapshot", "reset_to", "prompt_ids", "codec", "limits", "num_problems", "problem_id")
-               if not hasattr(venv, n)]
+    missing = [
+        n
+        for n in ("snapshot", "reset_to", "prompt_ids", "codec", "limits", "num_problems", "problem_id")
+        if not hasattr(venv, n)
+    ]
     if missing:
         raise TypeError(
             f"Expected {what} to be a deepgrpo vector env (or a deepgrpo_env.vector_wrappers wrapper of one), "
@@ -160,11 +172,18 @@ class EnvPool:
         if self._make_env is not None:
             venv = self._make_env(num_envs)
         else:
-            venv = registry_env(cfg.env_id, num_envs, budget=cfg.max_new_tokens, env_kwargs=cfg.env_kwargs,
-                                tokenizer=self.tokenizer)
+            venv = registry_env(
+                cfg.env_id,
+                num_envs,
+                budget=cfg.max_new_tokens,
+                env_kwargs=cfg.env_kwargs,
+                tokenizer=self.tokenizer,
+            )
         venv = check_env(self._wrap(venv), cfg.max_new_tokens, f"the training env ({cfg.env_id})")
         if venv.num_envs < num_envs:
-            raise ValueError(f"Expected make_env({num_envs}) to have {num_envs} sub-envs, got {venv.num_envs}.")
+            raise ValueError(
+                f"Expected make_env({num_envs}) to have {num_envs} sub-envs, got {venv.num_envs}."
+            )
         return venv
 
     @property
@@ -220,8 +239,13 @@ class EnvPool:
             elif self._make_env is not None and self.eval_env_id == cfg.env_id:
                 venv = self._make_env(n)
             else:
-                venv = registry_env(self.eval_env_id, n, budget=self.eval_budget, env_kwargs=cfg.env_kwargs,
-                                    tokenizer=self.tokenizer)
+                venv = registry_env(
+                    self.eval_env_id,
+                    n,
+                    budget=self.eval_budget,
+                    env_kwargs=cfg.env_kwargs,
+                    tokenizer=self.tokenizer,
+                )
             self._eval = check_env(self._wrap(venv), self.eval_budget, what)
         return self._eval
 

@@ -5,7 +5,7 @@ its recent visits and its current temperature. A prompt whose previous visit was
 sampled ``erpo_temperature_step`` hotter on its next visit (capped at ``erpo_max_temperature``); a
 mixed or all-wrong visit sends it back toward the base temperature (``GRPOConfig.temperature``) by the
 ``erpo_reset`` rule. Optionally all-correct groups get a small negative pseudo-advantage
-``-erpo_pseudo_advantage`` instead of 0 (methods.md §3).
+``-erpo_pseudo_advantage`` instead of 0 (docs/methods.md §3).
 
 :class:`ERPOTrainer` is GRPO's trainer with three hooks overridden:
 :meth:`ERPOTrainer.root_temperatures` (how root groups are sampled), :meth:`ERPOTrainer.observe_roots`
@@ -13,7 +13,7 @@ mixed or all-wrong visit sends it back toward the base temperature (``GRPOConfig
 pseudo-advantage); :class:`DeepERPOTrainer` is the same on top of DEEP-GRPO, whose branches are
 sampled, and scored, at their root's temperature.
 
-Deviations from the paper (methods.md §3; the paper leaves these open):
+Deviations from the paper (docs/methods.md §3; the paper leaves these open):
 - Off-policy handling: every sample's log-probs in the loss (and the old/reference log-probs) are
   computed at the temperature it was sampled at (per-row temperature in the engine and in
   :func:`~deepgrpo_agent.scoring.token_logprobs`), so the ratio is exactly 1 on the first epoch and no
@@ -65,7 +65,7 @@ HISTOGRAM_BINS = 4
 
 @dataclass(kw_only=True)
 class ERPOConfig(GRPOConfig):
-    """GRPOConfig plus ERPO's own fields (methods.md §3); the base temperature is `temperature`."""
+    """GRPOConfig plus ERPO's own fields (docs/methods.md §3); the base temperature is `temperature`."""
 
     erpo_temperature_step: float = 0.1
     """ΔT: temperature added on each visit after an all-correct one (unknown in the paper; our choice, grid 0.05/0.1/0.2)."""

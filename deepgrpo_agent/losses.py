@@ -1,6 +1,6 @@
 """GRPO's policy loss as small pure functions: clipped surrogate, k3 KL, and loss aggregations.
 
-Everything follows methods.md §1. Shapes: ``B`` sequences (rows) by ``T`` token positions; ``mask``
+Everything follows docs/methods.md §1. Shapes: ``B`` sequences (rows) by ``T`` token positions; ``mask``
 is (B, T) and True (non-zero) exactly on the response tokens that get a loss, False on prompt, prefix
 and padding positions.
 
@@ -47,7 +47,7 @@ def clipped_policy_loss(
 ) -> tuple[Tensor, Tensor]:
     """Per-token clipped surrogate loss of PPO/GRPO, with optional clip-higher and dual clip.
 
-    With ``rho = exp(logp - old_logp)`` (methods.md §1; PPO's L^CLIP, eq. (7) of Schulman et al.,
+    With ``rho = exp(logp - old_logp)`` (docs/methods.md §1; PPO's L^CLIP, eq. (7) of Schulman et al.,
     2017, negated to be minimized; asymmetric bounds as in DAPO's clip-higher)::
 
         l = max(-A * rho, -A * clip(rho, 1 - eps_low, 1 + eps_high))
@@ -107,7 +107,7 @@ def clipped_policy_loss(
 
 
 def k3_kl(logp: Tensor, ref_logp: Tensor) -> Tensor:
-    """Per-token k3 estimate of KL(pi || pi_ref) (methods.md §1; Schulman's "Approximating KL").
+    """Per-token k3 estimate of KL(pi || pi_ref) (docs/methods.md §1; Schulman's "Approximating KL").
 
     ``k3 = exp(ref - logp) - (ref - logp) - 1``: non-negative, unbiased for tokens sampled from pi, and
     0 where the two log-probs agree.

@@ -1,6 +1,6 @@
 """DEEP-GRPO pivot selection: candidate positions, normalized depth, recoverability and utility.
 
-Everything here follows methods.md §2 ("Candidate positions", "Recoverability P_phi",
+Everything here follows docs/methods.md §2 ("Candidate positions", "Recoverability P_phi",
 "Pivot distribution"). Functions are pure; :class:`Recoverability` holds the online buffer.
 """
 
@@ -66,7 +66,7 @@ def candidates(ends: npt.NDArray[np.int64], *, max_depth: int) -> Candidates:
     """The root plus every non-final segment end whose prefix leaves room to generate (< ``max_depth``).
 
     With n segments, T = n + 1 and candidate index i (0 = root, i = end of segment i) has
-    r_i = (i + 1) / T (methods.md §2).
+    r_i = (i + 1) / T (docs/methods.md §2).
     """
     n = int(ends.shape[0])
     t = n + 1
@@ -103,7 +103,7 @@ class Recoverability:
 
     Refit (a few Newton steps, intercept unpenalized, ``0.5 w^2 + C * sum logloss`` like
     scikit-learn's lbfgs solver) whenever the buffer holds more than ``min_per_class`` samples of
-    both classes; before that P_phi = 1 everywhere (methods.md §2).
+    both classes; before that P_phi = 1 everywhere (docs/methods.md §2).
     """
 
     def __init__(self, capacity: int = 10_000, c: float = 1.0, min_per_class: int = 10) -> None:

@@ -50,15 +50,22 @@ class TrainSamples:
         if adv.shape != (len(batch),):
             raise ValueError(f"Expected one advantage per row ({len(batch)}), got shape {adv.shape}.")
         contexts = [np.concatenate([p, x]) for p, x in zip(batch.prompt_ids, batch.prefix_ids)]
-        return TrainSamples(contexts, list(batch.new_ids), adv, np.full(len(adv), stream, dtype=np.int64),
-                            batch.temperatures)
+        return TrainSamples(
+            contexts, list(batch.new_ids), adv, np.full(len(adv), stream, dtype=np.int64), batch.temperatures
+        )
 
     @staticmethod
     def concat(parts: Sequence[TrainSamples]) -> TrainSamples:
         temps = None
         if any(p.temperatures is not None for p in parts):  # parts without them keep the config's (nan)
-            temps = np.concatenate([np.full(len(p), np.nan) if p.temperatures is None
-                                    else np.asarray(p.temperatures, dtype=np.float64) for p in parts])
+            temps = np.concatenate(
+                [
+                    np.full(len(p), np.nan)
+                    if p.temperatures is None
+                    else np.asarray(p.temperatures, dtype=np.float64)
+                    for p in parts
+                ]
+            )
         return TrainSamples(
             [c for p in parts for c in p.contexts],
             [t for p in parts for t in p.targets],
@@ -69,9 +76,13 @@ class TrainSamples:
 
     def select(self, keep: np.ndarray) -> TrainSamples:
         idx = np.flatnonzero(keep)
-        return TrainSamples([self.contexts[i] for i in idx], [self.targets[i] for i in idx],
-                            self.advantages[idx], self.streams[idx],
-                            None if self.temperatures is None else self.temperatures[idx])
+        return TrainSamples(
+            [self.contexts[i] for i in idx],
+            [self.targets[i] for i in idx],
+            self.advantages[idx],
+            self.streams[idx],
+            None if self.temperatures is None else self.temperatures[idx],
+        )
 
 
 @dataclass

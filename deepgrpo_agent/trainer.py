@@ -1,6 +1,6 @@
 """GRPOTrainer: ``collect()`` -> ``compute_advantages(rollouts)`` -> ``update(samples)``, a template method.
 
-Deviations from the papers (methods.md §1):
+Deviations from the papers (docs/methods.md §1):
 - The loss is computed on per-token log-probs of the temperature-scaled policy (logits / T), the
   distribution the rollouts were sampled from, as TRL does.
 - With ``ppo_epochs == 1`` the "old" policy is the current one detached (ratio exactly 1, as in the
@@ -61,7 +61,7 @@ _MAX_EPOCH_SIZE = 10_000_000  # above this many training problems, sample i.i.d.
 
 @dataclass
 class Budget:
-    """Cumulative generation budget (methods.md §5)."""
+    """Cumulative generation budget (docs/methods.md §5)."""
 
     root_rollouts: int = 0
     branch_rollouts: int = 0
@@ -78,7 +78,7 @@ class Budget:
 
 
 def _adamw(model: torch.nn.Module, config: GRPOConfig) -> torch.optim.Optimizer:
-    """AdamW, fused where torch supports it (10x faster steps on the CPU for a 135M model)."""
+    """AdamW, fused where torch supports it (faster optimizer steps on the CPU; docs/performance.md)."""
     kwargs: dict[str, Any] = dict(lr=config.learning_rate, weight_decay=config.weight_decay,
                                   betas=config.adam_betas)
     params = [p for p in model.parameters() if p.requires_grad]

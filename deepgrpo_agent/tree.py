@@ -1,4 +1,4 @@
-"""Tree-based baselines (methods.md §4): TreeRL's EPTree and uniform random branching, on reset_to.
+"""Tree-based baselines (docs/methods.md §4): TreeRL's EPTree and uniform random branching, on reset_to.
 
 Per prompt, ``tree_chains`` (M) root chains are sampled; each of ``tree_rounds`` (L) rounds picks up
 to ``tree_forks`` (N) fork positions per chain's tree among the tokens generated in the previous round
@@ -6,7 +6,7 @@ and samples ``tree_branches`` (T) continuations from the state *before* each cho
 resampled), restored with ``reset_to`` through the branching primitive. The result is an explicit
 tree of segments: a sequence forked at f1 < f2 splits into [start, f1), [f1, f2), [f2, end), and a
 branch from f is a child of the segment that ends at f. With node value V(s) = mean reward of the
-leaves under s, every token of segment s gets the advantage (TreeRL, methods.md §4)::
+leaves under s, every token of segment s gets the advantage (TreeRL, docs/methods.md §4)::
 
     R(s) = [(V(s) - V(root)) + (V(s) - V(parent(s)))] / sqrt(|leaves(s)|)
 
@@ -15,7 +15,7 @@ advantage R(s)), so every generated token is trained exactly once. ``fork_select
 the N tokens with the highest surprisal -log p(sampled token) (EPTree); ``"uniform"`` picks N allowed
 positions uniformly at random (the same tree budget: isolates *where* to branch from *how much*).
 
-Deviations from the paper (methods.md §4):
+Deviations from the paper (docs/methods.md §4):
 - ``group_size`` is not used: the M = ``tree_chains`` root chains are the roots of each prompt (a
   shared base config, e.g. the comparison's ``group_size=8``, may still set it; it is ignored).
 - Rounds after the first fork only tokens generated in the previous round (a leaf's own suffix), up to
@@ -101,7 +101,7 @@ class TreeConfig(GRPOConfig):
 
 @dataclass(kw_only=True)
 class UniformTreeConfig(TreeConfig):
-    """TreeConfig whose forks are uniform random positions (the "uniform-tree" baseline, methods.md §4)."""
+    """TreeConfig whose forks are uniform random positions (the "uniform-tree" baseline, docs/methods.md §4)."""
 
     fork_selection: ForkSelection = "uniform"
     """"uniform" (this baseline's point); "entropy" would make it TreeRL."""
@@ -281,7 +281,7 @@ def segment_advantages(
     parent: npt.NDArray[np.int64],
     root_value: float,
 ) -> npt.NDArray[np.float64]:
-    """TreeRL's R(s) = [(V(s) - V(root)) + (V(s) - V(parent))] / sqrt(|leaves(s)|) (methods.md §4).
+    """TreeRL's R(s) = [(V(s) - V(root)) + (V(s) - V(parent))] / sqrt(|leaves(s)|) (docs/methods.md §4).
 
     Args:
         values: (K,) V(s) from :func:`node_values`.

@@ -9,7 +9,7 @@ from deepgrpo_env.types import PromptStyle, TokenArray
 
 _INSTRUCTIONS: dict[str, str] = {
     "boxed": "Solve the problem step by step. Put the final answer in \\boxed{}.",
-    # The DEEP-GRPO paper's GSM8K suffix (methods.md §2).
+    # The DEEP-GRPO paper's GSM8K suffix (docs/methods.md §2).
     "gsm8k-hash": 'Let\'s think step by step and output the final answer after "####".',
     "plain": "",
 }

@@ -74,7 +74,9 @@ class ReasoningVectorWrapper(gym.vector.VectorWrapper[Any, Any, Any, Any, Any]):
 
     def __init__(self, env: gym.vector.VectorEnv[Any, Any, Any]) -> None:
         super().__init__(env)
-        missing = [n for n in ("snapshot", "reset_to", "prompt_ids", "codec", "limits") if not hasattr(env, n)]
+        missing = [
+            n for n in ("snapshot", "reset_to", "prompt_ids", "codec", "limits") if not hasattr(env, n)
+        ]
         if missing:
             raise TypeError(
                 f"Expected a deepgrpo vector env (ReasoningVectorEnv or a wrapper of one), got "
@@ -233,7 +235,11 @@ class VerifierReward(EpisodeRewardWrapper):
     """
 
     def __init__(
-        self, env: gym.vector.VectorEnv[Any, Any, Any], verifier: Verifier, *, timeout: float = 5.0,
+        self,
+        env: gym.vector.VectorEnv[Any, Any, Any],
+        verifier: Verifier,
+        *,
+        timeout: float = 5.0,
         num_workers: int = 1,
     ) -> None:
         super().__init__(env)
@@ -305,7 +311,9 @@ class LengthPenalty(EpisodeRewardWrapper):
         free_tokens: Tokens that cost nothing.
     """
 
-    def __init__(self, env: gym.vector.VectorEnv[Any, Any, Any], *, coef: float = 1e-3, free_tokens: int = 0) -> None:
+    def __init__(
+        self, env: gym.vector.VectorEnv[Any, Any, Any], *, coef: float = 1e-3, free_tokens: int = 0
+    ) -> None:
         super().__init__(env)
         if coef < 0 or free_tokens < 0:
             raise ValueError(f"Expected `coef` >= 0 and `free_tokens` >= 0, got {coef} and {free_tokens}.")

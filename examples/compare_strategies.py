@@ -2,7 +2,7 @@
 
 What ``deepgrpo compare`` does, written out: every strategy trains the same initial policy on the
 same env, once per seed, until it has generated the same number of tokens (root rollouts plus
-branches, methods.md §5); all runs are evaluated on the same held-out problems at the same token
+branches, docs/methods.md §5); all runs are evaluated on the same held-out problems at the same token
 marks (greedy, and sampled at the training temperature); the table reports mean ± std over seeds. Runs are checkpointed in their own directories,
 so running the script again after an interruption continues where it stopped.
 

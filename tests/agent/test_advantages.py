@@ -1,4 +1,4 @@
-"""Group advantages and group statistics against hand-computed values (methods.md §1)."""
+"""Group advantages and group statistics against hand-computed values (docs/methods.md §1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Clipped surrogate, k3 KL and loss aggregations against hand-computed values (methods.md §1)."""
+"""Clipped surrogate, k3 KL and loss aggregations against hand-computed values (docs/methods.md §1)."""
 
 from __future__ import annotations
 

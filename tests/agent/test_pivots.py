@@ -1,4 +1,4 @@
-"""DEEP-GRPO pivot math against hand-computed values (methods.md §2)."""
+"""DEEP-GRPO pivot math against hand-computed values (docs/methods.md §2)."""
 
 from __future__ import annotations
 
