@@ -250,7 +250,7 @@ def _quiet_transformers() -> None:
     try:
         from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     except ImportError:  # pragma: no cover - transformers is a core dependency
         pass
 
@@ -350,7 +350,8 @@ def accuracy_at(record: Mapping[str, Any], grid: np.ndarray, key: str = "accurac
     y = np.asarray(curve.get(key, []), dtype=np.float64)
     if y.size == 0 or not np.isfinite(y).all():
         return np.full(grid.shape, np.nan)
-    return np.interp(grid, np.asarray(curve["tokens"], dtype=np.float64), y)
+    out: np.ndarray = np.interp(grid, np.asarray(curve["tokens"], dtype=np.float64), y)
+    return out
 
 
 def summarize(cfg: CompareConfig, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

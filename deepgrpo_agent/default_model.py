@@ -43,7 +43,7 @@ def default_model_dir() -> Path:
         if hasattr(config, "quantization_config"):
             del config.quantization_config
         # A fresh, unquantized module with the dequantized weights: save_pretrained refuses GGUF models.
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
         plain.load_state_dict(model.state_dict())
         plain.save_pretrained(tmp, safe_serialization=True)
         AutoTokenizer.from_pretrained(default_tokenizer_dir()).save_pretrained(tmp)

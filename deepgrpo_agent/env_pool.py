@@ -65,7 +65,7 @@ def load_wrapper(spec: Any) -> Wrapper:
         raise ValueError(
             f"Expected env wrapper {path!r} to be a class or function, got {type(target).__name__}."
         )
-    return (lambda venv: target(venv, **kwargs)) if kwargs else target  # type: ignore[no-any-return]
+    return (lambda venv: target(venv, **kwargs)) if kwargs else target
 
 
 def registry_env(

@@ -301,7 +301,8 @@ class ERPOTrainer(GRPOTrainer):
             self.tracker.update(batch.problem_id[rows[0]], batch.rewards[rows])
         _, given = pseudo_advantages(np.zeros(len(batch), dtype=np.float32), batch.rewards, batch.group,
                                      ~has_signal, self.config.erpo_pseudo_advantage)
-        return has_signal | given
+        out: np.ndarray = has_signal | given
+        return out
 
     def root_advantages(self, batch: RolloutBatch) -> np.ndarray:
         """GRPO's advantages with the pseudo-advantage on all-correct zero-variance groups."""

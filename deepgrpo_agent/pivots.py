@@ -85,7 +85,8 @@ def utility(ratios: npt.NDArray[np.float64], p_success: npt.NDArray[np.float64],
     logq = np.log(np.clip(p_success, 1e-12, None)) + gamma * np.log(ratios)
     logq -= logq.max()
     q = np.exp(logq)
-    return q / q.sum()
+    out: npt.NDArray[np.float64] = q / q.sum()
+    return out
 
 
 def sample_pivots(

@@ -39,7 +39,8 @@ class TokenEmbedding(BaseFeaturesExtractor):
         self.embed = nn.Embedding(vocab, dim)
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.embed(obs["input_ids"].long()).flatten(1)  # (B, W * dim)
+        out: torch.Tensor = self.embed(obs["input_ids"].long()).flatten(1)  # (B, W * dim)
+        return out
 
 
 def token_ppo(vec_env: Any, *, learning_rate: float = 1e-3, ent_coef: float = 0.01, seed: int = 0) -> PPO:

@@ -50,7 +50,10 @@ def pack(
         pos[i, :n_t] = np.arange(n_c - 1, n_c + n_t - 1)
         tgt[i, :n_t] = t
         msk[i, :n_t] = True
-    as_t = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+
+    def as_t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a).to(device)
+
     return PackedBatch(as_t(ids), as_t(att), as_t(pos), as_t(tgt), as_t(msk))
 
 

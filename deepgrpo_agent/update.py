@@ -191,7 +191,7 @@ def _one_epoch(
                 part = aggregation.numerator(per_token[rows], mask[rows], max_tokens=cfg.max_new_tokens) / denom
                 stream_sums[s] += float(part.detach())
                 loss = loss + weights[s] * part
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         sums["total"] += float(loss.detach())
         sums["clip_fraction"] += float((clipped & mask).sum())
         sums["tokens"] += float(mask.sum())

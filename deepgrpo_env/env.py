@@ -42,7 +42,7 @@ def resolve_source(problems: ProblemsArg) -> tuple[ProblemSource, str]:
                 DatasetSource(datasets.load_dataset(name, split), f"{name}:{split}"),
                 info.answer_kind,
             )
-    loaded = datasets.as_problems(problems)  # type: ignore[arg-type]
+    loaded = datasets.as_problems(problems)
     return DatasetSource(loaded, str(problems) if isinstance(problems, str) else "custom"), "math"
 
 

@@ -381,7 +381,8 @@ class Grader:
     # -- internals ----------------------------------------------------------------------------------------
     def _pickle_verifier(self) -> bytes:
         try:
-            return cloudpickle.dumps(self.verifier)
+            data: bytes = cloudpickle.dumps(self.verifier)
+            return data
         except Exception as e:
             raise TypeError(
                 f"Expected a picklable verifier (it runs in worker processes), but cloudpickle cannot "

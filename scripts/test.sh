@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-ruff check deepgrpo_env deepgrpo_agent envs_registry tests benchmarks examples
-mypy deepgrpo_env deepgrpo_agent envs_registry
+ruff check deepgrpo_env deepgrpo_agent envs_registry tests benchmarks examples scripts
+python scripts/check_imports.py
+mypy --strict deepgrpo_env deepgrpo_agent envs_registry
 python -m pytest -q "$@"

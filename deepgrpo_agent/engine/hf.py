@@ -392,11 +392,11 @@ def _new_cache(model: Any, capacity: int) -> Any:
     return cache
 
 
-class _PreallocatedLayer(DynamicLayer):
+class _PreallocatedLayer(DynamicLayer):  # type: ignore[no-untyped-call]
     """A full-attention cache layer backed by ``(B, H, capacity, D)`` buffers; ``keys``/``values`` are views."""
 
     def __init__(self, capacity: int) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.capacity = int(capacity)
         self.length = 0
 
