@@ -202,17 +202,26 @@ class MathVerifier:
     ``9^{9^{9^9}}`` or ``(10^{10})!`` make SymPy compute for minutes, which is why this verifier is
     not ``inline_safe`` and must run in :class:`~deepgrpo_env.grading.Grader`'s worker processes.
 
+    Calling it directly (``MathVerifier()(response, reference)``) is bounded too: the call runs in a
+    grading worker kept for the process and raises :class:`~deepgrpo_env.grading.VerifierTimeout`
+    after ``timeout`` seconds, from any thread or process. :class:`~deepgrpo_env.grading.Grader` runs
+    the unbounded :meth:`compute` under its own timeout instead (a timeout is then a ``Grade``).
+
     Args:
         numeric_fallback: Also accept answers written as plain numbers or arithmetic outside LaTeX.
         max_chars: Longest response tail that is parsed.
+        timeout: Seconds a direct call may take before it raises ``VerifierTimeout``.
     """
 
     inline_safe: bool = False
 
-    def __init__(self, *, numeric_fallback: bool = True, max_chars: int = 20_000) -> None:
+    def __init__(self, *, numeric_fallback: bool = True, max_chars: int = 20_000, timeout: float = 5.0) -> None:
         _check_max_chars(max_chars)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
+            raise ValueError(f"Expected `timeout` a finite number of seconds > 0, got {timeout!r}.")
         self.numeric_fallback = bool(numeric_fallback)
         self.max_chars = max_chars
+        self.timeout = float(timeout)
 
     def warmup(self) -> None:
         """Imports math-verify and grades one trivial answer (compiling its regular expressions).
@@ -220,7 +229,7 @@ class MathVerifier:
         Grading workers call this once before their first timed task, so the first real grade is
         not slowed by a second of imports.
         """
-        self("\\boxed{1}", "1")
+        self.compute("\\boxed{1}", "1")
 
     def _prediction_configs(self) -> Sequence[Any]:
         mv = _math_verify()
@@ -231,7 +240,23 @@ class MathVerifier:
         return configs
 
     def __call__(self, response: str, reference: str) -> float | None:
-        """Scores ``response`` against ``reference``: 1.0, 0.0, or None if the reference cannot be parsed."""
+        """Scores ``response`` against ``reference``: 1.0, 0.0, or None if the reference cannot be parsed.
+
+        Bounded: runs :meth:`compute` in a grading worker with a hard ``timeout``.
+
+        Raises:
+            VerifierTimeout: If scoring took longer than ``timeout`` seconds.
+        """
+        from deepgrpo_env.grading import bounded_call
+
+        key = (type(self), self.numeric_fallback, self.max_chars, self.timeout)
+        return bounded_call(self, response, reference, self.timeout, key)
+
+    def compute(self, response: str, reference: str) -> float | None:
+        """The score computed in this thread with no time limit (what grading workers run).
+
+        Only for callers that bound the time themselves: a costly answer can make this run for hours.
+        """
         gold = _parse_gold(reference)
         if not gold:
             return None
@@ -247,7 +272,10 @@ class MathVerifier:
         return 1.0 if mv.verify(list(gold), prediction, timeout_seconds=None) else 0.0
 
     def __repr__(self) -> str:
-        return f"MathVerifier(numeric_fallback={self.numeric_fallback}, max_chars={self.max_chars})"
+        return (
+            f"MathVerifier(numeric_fallback={self.numeric_fallback}, max_chars={self.max_chars}, "
+            f"timeout={self.timeout:g})"
+        )
 
 
 def verifier_for(answer_kind: AnswerKind) -> Verifier:
