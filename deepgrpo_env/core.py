@@ -229,7 +229,7 @@ class EpisodeCore:
         A state is plain data that may have been rebuilt from JSON or edited with
         ``dataclasses.replace``, so nothing in it is trusted: the problem must be this env's problem
         at ``problem_index``, the prompt its encoding, the response ids integers in the vocabulary
-        that obey the episode's end rules, the flags booleans (never both set) and ``rng_state`` a
+        with room for the next token when the episode is live, the flags booleans (never both set) and ``rng_state`` a
         NumPy bit generator state. Nothing is changed here, so a batch can be validated before any
         row is written.
 
@@ -281,31 +281,14 @@ class EpisodeCore:
                 "(a stop token terminates it, the response budget truncates it)."
             )
         depth = int(response.shape[0])
-        stops = np.flatnonzero(self.is_stop[response])
         budget = self.limits.max_response_tokens
-        if state.terminated:
-            if stops.size != 1 or stops[0] != depth - 1:
-                raise ValueError(
-                    "Invalid EnvState: `terminated` is True, so the response must end with its only stop "
-                    f"token {list(self.codec.stop_token_ids)}, got stop tokens at positions "
-                    f"{stops.tolist()} of {depth}."
-                )
-        else:
-            if stops.size:
-                raise ValueError(
-                    f"Invalid EnvState.response_ids: a stop token at position {int(stops[0])} ends the "
-                    "episode, but `terminated` is False."
-                )
-            if state.truncated and depth != budget:
-                raise ValueError(
-                    f"Invalid EnvState: `truncated` is True, so the response must hold exactly "
-                    f"`max_response_tokens`={budget} ids, got {depth}."
-                )
-            if not state.truncated and depth >= budget:
-                raise ValueError(
-                    f"Invalid EnvState: a response of {depth} ids reaches `max_response_tokens`={budget}, "
-                    "so the episode must be truncated, but `truncated` is False."
-                )
+        # A live episode must have room for its next token. (An ended state may be "parked": marked
+        # terminated without a stop token, which rollout code uses to make a sub-env inert.)
+        if not (state.terminated or state.truncated) and depth >= budget:
+            raise ValueError(
+                f"Invalid EnvState: a live (not ended) episode must have fewer than "
+                f"`max_response_tokens`={budget} response ids, got {depth}; set `truncated` or shorten it."
+            )
         return load_rng(state.rng_state)
 
     def _check_ids(self, name: str, ids: Any, max_len: int) -> None:
