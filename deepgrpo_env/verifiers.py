@@ -220,12 +220,25 @@ def _strip_sentence_period(text: str) -> str:
     return text[:-1].rstrip() if text.endswith(".") and not text.endswith("..") else text
 
 
-_SQUEEZE_RE = re.compile(r"[\s,$]|\\%|%")
+# What math-verify legitimately drops from an answer (units in \\text{}/\\mbox{}, currency and percent
+# signs, degree marks, spacing) and so must not make a whole answer look like a fragment.
+_SQUEEZE_RE = re.compile(
+    r"\\(?:text|mbox|mathrm|textrm|textbf)\s*\{[^{}]*\}(?:\^\{?[0-9]\}?)?"
+    r"|\^\s*\{?\\circ\}?|\\circ|\\\$|\\%|\\[!,;:]|\\(?:q?quad|displaystyle)|[\s,$%]"
+)
 
 
-def _covers(extracted: str, text: str) -> bool:
-    """Whether math-verify's extracted string is the whole of ``text`` (not a fragment of it)."""
-    return _SQUEEZE_RE.sub("", extracted) == _SQUEEZE_RE.sub("", _strip_sentence_period(text))
+def _fragment(extracted: str, text: str) -> bool:
+    """Whether math-verify's extracted string is only a part of ``text`` (a strict piece of it).
+
+    Spaces, commas, ``$`` and percent signs are ignored; an extracted string that math-verify
+    rewrote (``\\dfrac`` as ``\\frac``) is not a piece of the text and counts as whole.
+    """
+    piece = _SQUEEZE_RE.sub("", extracted)
+    whole = _SQUEEZE_RE.sub("", _strip_sentence_period(text))
+    if whole.startswith(piece) and whole[len(piece) :].isalpha():
+        return False  # a trailing unit word math-verify drops by design ("4t" read as 4 tonnes)
+    return piece != whole and piece in whole
 
 
 @functools.lru_cache(maxsize=4096)
@@ -248,14 +261,14 @@ def _parse_gold(reference: str) -> tuple[Any, ...]:
         candidates = [f"${_strip_sentence_period(text)}$"]
         if "\\" not in text and "{" not in text:
             candidates.append(text)  # a plain number or expression ("1,000", "2/3")
-    for k, candidate in enumerate(candidates):
+    for candidate in candidates:
         # parsing_timeout=None: math-verify would otherwise install a SIGALRM handler, which only works
         # on the main thread; the grader's worker processes enforce the time limit instead.
         parsed = mv.parse(candidate, configs, fallback_mode="first_match", parsing_timeout=None)
         if len(parsed) < 2:
             continue
-        if k > 0 and not _covers(str(parsed[-1]), text):
-            return ()  # the plain-text extractor found only part of the reference
+        if _fragment(str(parsed[-1]), candidate):
+            return ()  # math-verify read only part of the reference: unscorable, not a fragment
         return (parsed[0],)
     return ()
 
