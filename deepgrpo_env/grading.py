@@ -33,7 +33,6 @@ reaches the caller with the worker's traceback.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import math
 import numbers

@@ -125,7 +125,7 @@ def test_no_good_checkpoint_is_a_clear_error(saved: Path, tmp_path: Path) -> Non
     model = tiny_model(VOCAB, 123)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ckpt.CheckpointFallbackWarning)
-        with pytest.raises(ckpt.CheckpointError, match="No usable checkpoint.*step-000001/model.pt is damaged"):
+        with pytest.raises(ckpt.CheckpointError, match=r"No usable checkpoint.*step-000001/model\.pt is damaged"):
             ckpt.resume_checkpoint(run / "run" / "checkpoints", model=model,
                                    optimizer=torch.optim.AdamW(model.parameters()))
 
@@ -163,7 +163,7 @@ def test_reference_model_file_is_verified(tmp_path: Path) -> None:
     ckpt.save_tensors_atomic(path, {"w": torch.arange(10.0)})
     assert torch.equal(ckpt.load_tensors(path)["w"], torch.arange(10.0))
     flip_byte(path)
-    with pytest.raises(ckpt.CheckpointError, match="reference.pt is damaged"):
+    with pytest.raises(ckpt.CheckpointError, match=r"reference\.pt is damaged"):
         ckpt.load_tensors(path)
 
 
