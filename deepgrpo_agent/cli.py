@@ -1,12 +1,29 @@
-"""The ``deepgrpo`` command: ``train``, ``eval``, ``main`` (the README's short real run), ``compare`` and ``envs``."""
+"""The ``deepgrpo`` command: ``train``, ``eval``, ``main`` (the README's short real run), ``compare`` and ``envs``.
+
+Every user error ends the command with one line on stderr, ``deepgrpo: error: ...`` (what was
+expected, what came, how to fix it) and exit status 2; ``--debug`` anywhere on the command line
+shows the full traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import importlib
+import inspect
 import json
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+PROG = "deepgrpo"
+
+
+class UsageError(ValueError):
+    """A user error found by the command line itself (bad env id, env kwarg, output directory)."""
 
 
 def _trainer_classes(algo: str) -> tuple[type, type]:
@@ -15,7 +32,57 @@ def _trainer_classes(algo: str) -> tuple[type, type]:
     try:
         return get_algorithm(algo)
     except ValueError as e:
-        raise SystemExit(f"--algo: {e}") from e
+        raise UsageError(f"--algo: {e}") from e
+
+
+def _env_entry(env_id: str) -> Any:
+    """The deepgrpo registry entry of ``env_id`` (``envs_registry:`` prefix allowed), or a UsageError."""
+    import envs_registry
+
+    name = env_id.split(":", 1)[1] if env_id.startswith("envs_registry:") else env_id
+    for entry in envs_registry.ENTRIES:
+        if entry.id == name:
+            return entry
+    close = envs_registry.suggest(name)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    ids = ", ".join(envs_registry.list_envs())
+    raise UsageError(
+        f"--env-id: expected a deepgrpo env id, got {env_id!r}.{hint} deepgrpo trains only its own "
+        f"token-level envs: {ids} (`deepgrpo envs` describes them)."
+    )
+
+
+def check_env_args(env_id: str, env_kwargs: dict[str, Any], flag: str = "--env-id") -> None:
+    """Refuses env ids that are not deepgrpo envs and env kwargs the env does not take ("did you mean")."""
+    try:
+        entry = _env_entry(env_id)
+    except UsageError as e:
+        raise UsageError(str(e).replace("--env-id", flag, 1)) from None
+    module, _, cls_name = entry.entry_point.partition(":")
+    params = inspect.signature(getattr(importlib.import_module(module), cls_name).__init__).parameters
+    accepted = [n for n, p in params.items() if n != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    for key in env_kwargs:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise UsageError(
+                f"--env-kwargs: {entry.id} has no argument {key!r}.{hint} Expected keys from {sorted(accepted)}."
+            )
+
+
+def check_output_dir(path: str | os.PathLike[str]) -> None:
+    """Makes sure ``path`` is (or can become) a directory this process can write to."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        blocker = next((p for p in [out, *out.parents] if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is a file" if blocker is not None else (e.strerror or str(e)).lower()
+        raise UsageError(
+            f"--output-dir: expected a writable directory, got {str(out)!r} ({why}); pass another --output-dir."
+        ) from e
 
 
 def cmd_train(argv: Sequence[str]) -> int:
@@ -26,11 +93,20 @@ def cmd_train(argv: Sequence[str]) -> int:
     pre.add_argument("--algo", default="grpo")
     known, rest = pre.parse_known_args(argv)
     config_cls, trainer_cls = _trainer_classes(known.algo)
-    config: Any = parse_config(config_cls, rest)
+    config: Any = parse_config(config_cls, rest, prog=f"{PROG} train")
+    _check_config(config)
     trainer = trainer_cls(config)
     trainer.train()
     _summary(trainer)
     return 0
+
+
+def _check_config(config: Any, *, write: bool = True) -> None:
+    check_env_args(config.env_id, dict(config.env_kwargs))
+    if getattr(config, "eval_env_id", None):
+        check_env_args(config.eval_env_id, dict(config.env_kwargs), flag="--eval-env-id")
+    if write:
+        check_output_dir(config.output_dir)
 
 
 def _summary(trainer: object) -> None:
@@ -53,7 +129,8 @@ def cmd_eval(argv: Sequence[str]) -> int:
     from deepgrpo_agent.config_cli import parse_config
     from deepgrpo_agent.evaluation import evaluate_config
 
-    config = parse_config(GRPOConfig, list(argv) + ["--no-tensorboard", "--no-progress"])
+    config = parse_config(GRPOConfig, list(argv) + ["--no-tensorboard", "--no-progress"], prog=f"{PROG} eval")
+    _check_config(config, write=False)  # eval writes nothing
     metrics = evaluate_config(config)  # the policy, the eval env and the engine: no trainer
     print(json.dumps(metrics, indent=2))
     return 0
@@ -105,17 +182,68 @@ def cmd_envs(argv: Sequence[str]) -> int:
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "main": cmd_main, "compare": cmd_compare, "envs": cmd_envs}
 
+# Exceptions that mean "the input was wrong" (exit 2); anything else is reported as an internal error (exit 1).
+_USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, LookupError, OSError, ImportError)
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as one line: its message with newlines folded, a worker traceback cut to its last line."""
+    text = str(error).strip()
+    if isinstance(error, OSError) and error.strerror and not text.startswith("Could not"):
+        where = f" at {error.filename}" if error.filename else ""
+        text = f"{error.strerror.lower()}{where}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if any(line.startswith("Traceback") for line in lines):
+        head = lines[0]
+        last = lines[-1]
+        lines = [head, f"(worker said: {last})"] if last != head else [head]
+    text = " ".join(lines) or type(error).__name__
+    if text and len(text) > 2000:
+        text = text[:2000] + "..."
+    return text
+
+
+def _fail(error: BaseException) -> int:
+    user = isinstance(error, _USER_ERRORS) or type(error).__name__ in ("CheckpointError", "VerifierError")
+    detail = one_line(error)
+    if not user:
+        detail = f"internal error ({type(error).__name__}): {detail} (rerun with --debug for the traceback)"
+    print(f"{PROG}: error: {detail}", file=sys.stderr)
+    return 2 if user else 1
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``deepgrpo`` console script."""
+    """Entry point of the ``deepgrpo`` console script.
+
+    A user error prints one line, ``deepgrpo: error: ...``, and returns 2; ``--debug`` (anywhere in the
+    arguments) lets the exception and its traceback through instead.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
     if not args or args[0] in ("-h", "--help") or args[0] not in COMMANDS:
+        if args and args[0] not in ("-h", "--help") and args[0] not in COMMANDS:
+            close = difflib.get_close_matches(args[0], list(COMMANDS), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            print(f"{PROG}: error: unknown command {args[0]!r}; expected one of {list(COMMANDS)}.{hint}",
+                  file=sys.stderr)
+            return 2
         print("usage: deepgrpo {train,eval,main,compare,envs} [options]   (deepgrpo train --help for the flags)")
         for name, fn in COMMANDS.items():
             summary = (fn.__doc__ or "").strip().splitlines()[0].replace("``", "")
             print(f"  {name:6s} {summary}")
-        return 0 if (args and args[0] in ("-h", "--help")) or not args else 2
-    return COMMANDS[args[0]](args[1:])
+        return 0
+    try:
+        return COMMANDS[args[0]](args[1:])
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{PROG}: interrupted (checkpoints written so far are kept; --resume continues)", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug:
+            raise
+        return _fail(e)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,15 @@ def _defaults(cls: type) -> dict[str, Any]:
         return {}
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line, ``deepgrpo: error: ...`` (exit status 2)."""
+
+    def error(self, message: str) -> Any:  # argparse's signature is NoReturn
+        prog = self.prog or "deepgrpo"
+        name = prog if prog.startswith("deepgrpo") else "deepgrpo"
+        self.exit(2, f"deepgrpo: error: {' '.join(message.split())} (see `{name} --help`)\n")
+
+
 def build_parser(cls: type, *, prog: str | None = None) -> argparse.ArgumentParser:
     """An ``argparse`` parser with one ``--flag`` per field of the config dataclass ``cls``.
 
@@ -118,7 +127,7 @@ def build_parser(cls: type, *, prog: str | None = None) -> argparse.ArgumentPars
         The parser; it also has ``--config FILE.yaml``.
     """
     description = inspect.cleandoc(cls.__doc__ or "")
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=prog,
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,

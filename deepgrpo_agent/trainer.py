@@ -465,10 +465,10 @@ class GRPOTrainer:
                                     trainer_state=state)
 
     def _resume(self) -> None:
-        path = ckpt.latest_checkpoint(self.output_dir / "checkpoints")
-        if path is None:
+        found = ckpt.resume_checkpoint(self.output_dir / "checkpoints", model=self.model, optimizer=self.optimizer)
+        if found is None:
             return  # nothing to resume: start fresh
-        state = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer)
+        path, state = found  # the newest checkpoint that verifies (damaged newer ones are skipped, with a warning)
         if state.get("algo") != self.algo:
             raise ValueError(f"Checkpoint {path} is from algo {state.get('algo')!r}, not {self.algo!r}.")
         self.step = int(state["step"])
@@ -482,7 +482,7 @@ class GRPOTrainer:
         if self.ref_model is not None:
             # The reference is the policy at step 0, saved beside the checkpoints; never re-anchor it.
             ref_path = self.output_dir / "checkpoints" / "reference.pt"
-            self.ref_model.load_state_dict(torch.load(ref_path, map_location=self.device))
+            self.ref_model.load_state_dict(ckpt.load_tensors(ref_path, map_location=self.device))
         self.engine.sync_weights(self.model)
 
 

@@ -26,6 +26,14 @@ from deepgrpo_env.types import TokenArray
 
 _PROMPT_CACHE_SIZE = 65_536
 
+MAX_TOKENS_LIMIT = 1 << 20
+"""Upper bound on ``max_prompt_tokens`` and on ``max_response_tokens`` (1,048,576): far beyond any
+model's context, yet small enough that a typo (``10**12``) is an error, not a huge allocation."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
 
 @dataclass(frozen=True)
 class EpisodeLimits:
@@ -42,8 +50,12 @@ class EpisodeLimits:
     def __post_init__(self) -> None:
         for name in ("max_prompt_tokens", "max_response_tokens"):
             value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"Expected `{name}` to be an int >= 1, got {value!r}.")
+            if not _is_int(value) or not 1 <= value <= MAX_TOKENS_LIMIT:
+                raise ValueError(
+                    f"Expected `{name}` to be an int in [1, {MAX_TOKENS_LIMIT}], got {value!r}; the env "
+                    f"allocates num_envs x (max_prompt_tokens + max_response_tokens) int64 ids, so use the "
+                    "model's context length or less (e.g. 512)."
+                )
 
     @property
     def max_total_tokens(self) -> int:
@@ -140,7 +152,7 @@ class EpisodeCore:
         n_problems = len(self.source)
         if index is None:
             index = int(self.rngs[row].integers(n_problems))
-        elif not isinstance(index, (int, np.integer)) or not 0 <= index < n_problems:
+        elif not _is_int(index) or not 0 <= index < n_problems:
             raise ValueError(
                 f"Expected `problem_index` to be an int in [0, {n_problems}), got {index!r}."
             )
@@ -207,14 +219,31 @@ class EpisodeCore:
         )
 
     def check_state(self, state: Any) -> EnvState:
-        """Validates that ``state`` can be restored here."""
+        """Validates that ``state`` can be restored here (see :meth:`prepare`)."""
+        self.prepare(state)  # raises unless ``state`` is an EnvState that fits this env
+        checked: EnvState = state
+        return checked
+
+    def prepare(self, state: Any) -> np.random.Generator:
+        """Validates every field of ``state`` against this env and returns its rebuilt generator.
+
+        A state is plain data that may have been rebuilt from JSON or edited with
+        ``dataclasses.replace``, so nothing in it is trusted: the problem must be this env's problem
+        at ``problem_index``, the prompt its encoding, the response ids integers in the vocabulary
+        with room for the next token when the episode is live, the flags booleans (never both set) and ``rng_state`` a
+        NumPy bit generator state. Nothing is changed here, so a batch can be validated before any
+        row is written.
+
+        Raises:
+            TypeError: If ``state`` is not an :class:`EnvState`.
+            ValueError: Naming the first field that is wrong, what it should be and what it is.
+        """
         if not isinstance(state, EnvState):
-            raise TypeError(
-                f"Expected an EnvState from env.snapshot(), got {type(state).__name__}."
-            )
+            raise TypeError(f"Expected an EnvState from env.snapshot(), got {type(state).__name__}.")
         if state.fingerprint != self.fingerprint:
             mine = dict(part.split("=", 1) for part in self.fingerprint.split("|"))
-            theirs = dict(part.split("=", 1) for part in state.fingerprint.split("|") if "=" in part)
+            text = state.fingerprint if isinstance(state.fingerprint, str) else ""
+            theirs = dict(part.split("=", 1) for part in text.split("|") if "=" in part)
             diff = [k for k in mine if mine.get(k) != theirs.get(k)]
             raise ValueError(
                 "Cannot restore a state taken from an env with a different configuration "
@@ -222,19 +251,77 @@ class EpisodeCore:
                 f"env {self.fingerprint!r}). Restore it into an env made with the same tokenizer, "
                 "dataset, prompt template and token limits."
             )
-        if state.depth > self.limits.max_response_tokens:
+        n_problems = len(self.source)
+        index = state.problem_index
+        if not _is_int(index) or not 0 <= index < n_problems:
             raise ValueError(
-                f"State depth {state.depth} exceeds `max_response_tokens`={self.limits.max_response_tokens}."
+                f"Invalid EnvState.problem_index: expected an int in [0, {n_problems}), got {index!r}."
             )
-        return state
+        problem, prompt = self.prompt_ids(int(index))
+        if state.problem != problem:
+            raise ValueError(
+                f"Invalid EnvState.problem: expected this env's problem {index} ({problem.id!r}), got "
+                f"{_short(state.problem)}. The problem and its index must come from the same snapshot."
+            )
+        if state.prompt_ids is not prompt:
+            self._check_ids("prompt_ids", state.prompt_ids, self.limits.max_prompt_tokens)
+            if not np.array_equal(state.prompt_ids, prompt):
+                raise ValueError(
+                    f"Invalid EnvState.prompt_ids: expected the env's {prompt.shape[0]}-token prompt of "
+                    f"problem {problem.id!r}, got {state.prompt_ids.shape[0]} other ids."
+                )
+        response = state.response_ids
+        self._check_ids("response_ids", response, self.limits.max_response_tokens)
+        for name in ("terminated", "truncated"):
+            flag = getattr(state, name)
+            if not isinstance(flag, (bool, np.bool_)):
+                raise ValueError(f"Invalid EnvState.{name}: expected a bool, got {flag!r}.")
+        if state.terminated and state.truncated:
+            raise ValueError(
+                "Invalid EnvState: `terminated` and `truncated` are both True; an episode ends one way "
+                "(a stop token terminates it, the response budget truncates it)."
+            )
+        depth = int(response.shape[0])
+        budget = self.limits.max_response_tokens
+        # A live episode must have room for its next token. (An ended state may be "parked": marked
+        # terminated without a stop token, which rollout code uses to make a sub-env inert.)
+        if not (state.terminated or state.truncated) and depth >= budget:
+            raise ValueError(
+                f"Invalid EnvState: a live (not ended) episode must have fewer than "
+                f"`max_response_tokens`={budget} response ids, got {depth}; set `truncated` or shorten it."
+            )
+        return load_rng(state.rng_state)
 
-    def restore(self, row: int, state: EnvState) -> None:
-        """Makes ``row`` continue exactly from ``state`` (tokens, flags, problem and generator)."""
-        self.check_state(state)
-        self._write_row(row, state.problem_index, state.problem, state.prompt_ids, state.response_ids)
-        self.terminated[row] = state.terminated
-        self.truncated[row] = state.truncated
-        self.rngs[row] = load_rng(state.rng_state)
+    def _check_ids(self, name: str, ids: Any, max_len: int) -> None:
+        if not isinstance(ids, np.ndarray):
+            raise ValueError(f"Invalid EnvState.{name}: expected a 1-D integer numpy array, got {type(ids).__name__}.")
+        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(
+                f"Invalid EnvState.{name}: expected a 1-D integer array, got shape {ids.shape} dtype {ids.dtype}."
+            )
+        if ids.shape[0] > max_len:
+            limit = "max_prompt_tokens" if name == "prompt_ids" else "max_response_tokens"
+            raise ValueError(f"Invalid EnvState.{name}: expected at most `{limit}`={max_len} ids, got {ids.shape[0]}.")
+        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
+            bad = ids[(ids < 0) | (ids >= self.vocab_size)][0]
+            raise ValueError(
+                f"Invalid EnvState.{name}: expected token ids in [0, {self.vocab_size}) (the vocabulary), "
+                f"got {int(bad)}."
+            )
+
+    def restore(self, row: int, state: EnvState, rng: np.random.Generator | None = None) -> None:
+        """Makes ``row`` continue exactly from ``state`` (tokens, flags, problem and generator).
+
+        ``rng`` is the generator :meth:`prepare` returned for ``state`` (then it is not validated again).
+        """
+        if rng is None:
+            rng = self.prepare(state)
+        problem, prompt = self.prompt_ids(int(state.problem_index))  # the validated, shared prompt
+        response = np.asarray(state.response_ids, dtype=np.int64)
+        self._write_row(row, int(state.problem_index), problem, prompt, response)
+        self.terminated[row] = bool(state.terminated)
+        self.truncated[row] = bool(state.truncated)
+        self.rngs[row] = rng
 
     # -- reading rows ----------------------------------------------------------------------------
     def response_ids(self, row: int) -> TokenArray:
@@ -261,10 +348,21 @@ def rows_of(indices: Sequence[int] | None, n: int) -> list[int]:
     """Validates a list of sub-env indices (``None`` = all)."""
     if indices is None:
         return list(range(n))
-    out = [int(i) for i in indices]
+    if isinstance(indices, (str, bytes)) or not hasattr(indices, "__iter__"):
+        raise TypeError(f"Expected a sequence of int env indices, got {type(indices).__name__}.")
+    items = list(indices)
+    wrong = [i for i in items if not _is_int(i)]
+    if wrong:
+        raise TypeError(f"Expected int env indices in [0, {n}), got {wrong[:5]!r}.")
+    out = [int(i) for i in items]
     bad = [i for i in out if not 0 <= i < n]
     if bad:
         raise IndexError(f"Expected env indices in [0, {n}), got {bad}.")
     if len(set(out)) != len(out):
         raise ValueError(f"Expected distinct env indices, got {out}.")
     return out
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -192,12 +192,21 @@ def _gsm8k(record: Mapping[str, Any]) -> _Normalized:
     return _text_field(record, "question"), _after_hashes(_text_field(record, "answer")), None
 
 
+def _final_period(text: str) -> str:
+    """A boxed answer without the sentence period some MATH solutions put inside the box.
+
+    ``math-test-2269`` boxes ``\\frac{7}{5} + \\frac{1}{5} i.``; the period is not part of the answer
+    (an ellipsis ``\\ldots`` or ``...`` is kept).
+    """
+    return text[:-1].rstrip() if text.endswith(".") and not text.endswith("..") else text
+
+
 def _math(record: Mapping[str, Any]) -> _Normalized:
     solution = _text_field(record, "solution")
     boxed = extract_last_boxed(solution)
     if boxed is None:
         raise ValueError("found no well-formed \\boxed{...} in 'solution'")
-    return _text_field(record, "problem"), boxed, None
+    return _text_field(record, "problem"), _final_period(boxed), None
 
 
 def _math500(record: Mapping[str, Any]) -> _Normalized:
@@ -205,7 +214,7 @@ def _math500(record: Mapping[str, Any]) -> _Normalized:
     # The curated `answer` field is authoritative; the boxed solution is only a fallback.
     answer = record.get("answer")
     if isinstance(answer, str) and answer.strip():
-        reference = answer.strip()
+        reference = _final_period(answer.strip())
     unique_id = record.get("unique_id")
     return question, reference, unique_id if isinstance(unique_id, str) else None
 
@@ -323,31 +332,37 @@ DATASETS: Mapping[str, DatasetInfo] = MappingProxyType({name: spec.info for name
 
 
 def _read_jsonl(resource: Traversable | Path, label: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yields ``(1-based line number, object)`` for each non-blank line of a UTF-8 JSONL file."""
-    with resource.open("r", encoding="utf-8") as handle:
-        line_no = 0
-        try:
-            for line_no, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(
-                        f"Malformed JSONL in {label} line {line_no}: invalid JSON ({e.msg} at "
-                        f"column {e.colno}). Expected one JSON object per line."
-                    ) from e
-                if not isinstance(record, dict):
-                    raise ValueError(
-                        f"Malformed JSONL in {label} line {line_no}: expected a JSON object, got "
-                        f"{type(record).__name__}. Write one {{...}} object per line."
-                    )
-                yield line_no, record
-        except UnicodeDecodeError as e:
-            raise ValueError(
-                f"Malformed JSONL in {label} after line {line_no}: not valid UTF-8 ({e.reason}). "
-                "Re-encode the file as UTF-8."
-            ) from e
+    """Yields ``(1-based line number, object)`` for each non-blank line of a UTF-8 JSONL file.
+
+    Lines are read as bytes and decoded one at a time, so a byte that is not UTF-8 is reported at its
+    own line and column.
+    """
+    with resource.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(
+                    f"Malformed JSONL in {label} line {line_no}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at "
+                    f"column {e.start + 1}: {e.reason}). Re-encode the file as UTF-8."
+                ) from e
+            if line_no == 1:
+                line = line.removeprefix("\ufeff")  # a UTF-8 byte-order mark is not part of the JSON
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(
+                    f"Malformed JSONL in {label} line {line_no}: invalid JSON ({e.msg} at "
+                    f"column {e.colno}). Expected one JSON object per line."
+                ) from e
+            if not isinstance(record, dict):
+                raise ValueError(
+                    f"Malformed JSONL in {label} line {line_no}: expected a JSON object, got "
+                    f"{type(record).__name__}. Write one {{...}} object per line."
+                )
+            yield line_no, record
 
 
 def _checked_problem(pid: str, question: str, reference: str, source: str) -> Problem:

@@ -260,11 +260,16 @@ class ReasoningEnv(gym.Env[dict[str, np.ndarray], int]):
                 "Cannot call step() after the episode ended (terminated or truncated); "
                 "call env.reset() or env.reset_to(state)."
             )
-        if isinstance(action, np.ndarray) and action.shape == ():
+        if isinstance(action, np.ndarray) and action.shape == () and np.issubdtype(action.dtype, np.integer):
             action = action.item()
-        if not isinstance(action, (int, np.integer)) or not 0 <= action < core.vocab_size:
+        if (
+            not isinstance(action, (int, np.integer))
+            or isinstance(action, (bool, np.bool_))
+            or not 0 <= action < core.vocab_size
+        ):
             raise ValueError(
-                f"Expected an action (token id) in [0, {core.vocab_size}), got {action!r}."
+                f"Expected an action (int token id) in [0, {core.vocab_size}), got {action!r} "
+                f"({type(action).__name__}); bools and floats are refused, pass int(token_id)."
             )
         core.push_one(0, int(action))
         terminated, truncated = bool(core.terminated[0]), bool(core.truncated[0])
@@ -297,7 +302,10 @@ class ReasoningEnv(gym.Env[dict[str, np.ndarray], int]):
         Raises:
             TypeError: If ``state`` is not an :class:`EnvState`.
             ValueError: If ``state`` came from an env with another tokenizer, dataset, template or
-                token limits.
+                token limits, or if any field is invalid (token ids outside the vocabulary or not a
+                1-D integer array, lengths over the limits, a problem index out of range or not
+                matching the problem, both end flags set, a malformed ``rng_state``); the message
+                names the field. The state is plain data and is never unpickled or evaluated.
         """
         self.core.restore(0, state)
         self.np_random = self.core.rngs[0]

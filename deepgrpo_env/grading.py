@@ -11,6 +11,19 @@ not run inside a ``multiprocessing.Pool`` worker. Workers are plain ``python -c`
 (POSIX only) that talk to the parent over a ``multiprocessing`` socket pair; the verifier travels with
 ``cloudpickle`` so lambdas and closures work.
 
+Workers die with their parent: on Linux each worker asks the kernel (``prctl(PR_SET_PDEATHSIG,
+SIGKILL)``, as its first statement) to be killed when the process that started it dies, so a
+trainer killed with ``kill -9`` leaves no worker behind even if the worker is deep inside a SymPy
+computation that holds the GIL. The death signal is tied to the *thread* that started the worker,
+so workers are started from one long-lived spawner thread per process, never from a caller's
+short-lived thread. As a backstop (and on other POSIX systems), a worker sets ``RLIMIT_CPU`` before
+every task to the CPU time it has used plus the grade timeout plus a second, so a runaway task dies
+even if nobody is left to kill it; an idle worker reads EOF when its parent dies and exits.
+
+Workers run in their own session (``start_new_session=True``): Ctrl-C in the terminal reaches only
+the trainer (which then stops its workers), and :meth:`_Worker.stop` kills a worker's whole group.
+Killing the run's process group kills the trainer, whose death then kills the workers.
+
 Outcomes: a verifier's float is returned as is (status ``"ok"``), ``None`` is ``"unscorable"``, a
 call that overruns the timeout or kills its worker is ``"timeout"`` (the worker is replaced). None
 of these is ever turned into a silent 0. A verifier that raises has a bug: :class:`VerifierError`
@@ -24,6 +37,7 @@ import logging
 import math
 import numbers
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -49,6 +63,8 @@ __all__ = [
     "GradeStatus",
     "Grader",
     "VerifierError",
+    "VerifierTimeout",
+    "bounded_call",
     "check_score",
     "is_correct",
 ]
@@ -74,6 +90,8 @@ WORKER_START_TIMEOUT = 120.0
 grade's time limit)."""
 
 _STOP_GRACE = 0.5  # seconds a worker gets to exit after SIGTERM before SIGKILL
+_CPU_GRACE = 1.0  # CPU seconds past the timeout after which a task's worker kills itself (RLIMIT_CPU)
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 @dataclass(frozen=True)
@@ -95,6 +113,17 @@ class Grade:
 
 class VerifierError(RuntimeError):
     """A verifier raised or returned something other than ``float | None``: a bug to fix, not a 0."""
+
+
+class VerifierTimeout(TimeoutError):
+    """A direct verifier call (outside :class:`Grader`) ran past its time limit; see :func:`bounded_call`."""
+
+
+def _unbounded(verifier: Any) -> Any:
+    # What the Grader runs: a verifier's raw computation when it has one (a direct call of a shipped
+    # verifier is itself bounded by a worker; the Grader keeps its own time instead).
+    compute = getattr(verifier, "compute", None)
+    return compute if callable(compute) else verifier
 
 
 def check_score(value: object, verifier: object) -> float | None:
@@ -129,30 +158,64 @@ def _grade_from_score(score: float | None, seconds: float) -> Grade:
 
 
 # -- worker side -------------------------------------------------------------------------------------------
-# Runs in a fresh interpreter: read sys.path and the pickled verifier before importing anything, so
-# the child resolves modules exactly as the parent does.
+# Runs in a fresh interpreter. First it arranges to die with its parent (before any import that could
+# take time), then it reads sys.path and the pickled verifier before importing anything else, so the
+# child resolves modules exactly as the parent does. argv: connection fd, parent pid, timeout.
 _BOOTSTRAP = (
-    "import sys\n"
+    "import os, sys\n"
+    "if sys.platform.startswith('linux'):\n"
+    "    try:\n"
+    "        import ctypes\n"
+    f"        ctypes.CDLL(None, use_errno=True).prctl({_PR_SET_PDEATHSIG}, 9, 0, 0, 0)\n"
+    "    except Exception:\n"
+    "        pass\n"
+    "if os.getppid() != int(sys.argv[2]):\n"
+    "    os._exit(1)\n"
     "from multiprocessing.connection import Connection\n"
     "conn = Connection(int(sys.argv[1]))\n"
     "sys.path[:] = conn.recv()\n"
     "payload = conn.recv_bytes()\n"
     "from deepgrpo_env.grading import _worker_main\n"
-    "_worker_main(conn, payload)\n"
+    "_worker_main(conn, payload, float(sys.argv[3]))\n"
 )
 
 
 def _exit_when_orphaned(parent_pid: int) -> None:
-    # A worker stuck in a long computation never reads the EOF its dead parent leaves behind.
+    # Fallback where PR_SET_PDEATHSIG does not exist: an idle worker notices its parent is gone.
     while True:
         time.sleep(1.0)
         if os.getppid() != parent_pid:
             os._exit(1)
 
 
-def _worker_main(conn: Connection, payload: bytes) -> None:
+def _limit_cpu(seconds: float) -> None:
+    """Lets this process use at most ``seconds`` more CPU time (then the kernel sends SIGXCPU)."""
+    try:
+        import resource
+
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        soft = math.ceil(usage.ru_utime + usage.ru_stime + seconds)
+        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        if hard != resource.RLIM_INFINITY:
+            soft = min(soft, hard)
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+    except (ImportError, ValueError, OSError):  # pragma: no cover - no resource module / not allowed
+        pass
+
+
+_IN_WORKER = False
+"""True inside a grading worker: verifiers called there compute directly (the parent keeps time)."""
+
+
+def _worker_main(conn: Connection, payload: bytes, timeout: float = math.inf) -> None:
     """A worker's loop: load the verifier, say ready, then answer ``(response, reference)`` tasks."""
-    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
+    global _IN_WORKER
+    _IN_WORKER = True
+    if not sys.platform.startswith("linux"):
+        threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
+    # Ctrl-C goes to the trainer, which stops the workers; a worker never dies of SIGINT mid-reply.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _limit_cpu(WORKER_START_TIMEOUT + _CPU_GRACE)
     try:
         verifier = cloudpickle.loads(payload)
         warmup = getattr(verifier, "warmup", None)
@@ -165,8 +228,10 @@ def _worker_main(conn: Connection, payload: bytes) -> None:
         conn.send(("ready", None))
         while (task := conn.recv()) is not None:
             response, reference = task
+            if math.isfinite(timeout):
+                _limit_cpu(timeout + _CPU_GRACE)  # backstop: outlives the parent's timer only by a second
             try:
-                score = check_score(verifier(response, reference), verifier)
+                score = check_score(_unbounded(verifier)(response, reference), verifier)
             except Exception:
                 conn.send(("error", traceback.format_exc()))
             else:
@@ -176,17 +241,64 @@ def _worker_main(conn: Connection, payload: bytes) -> None:
 
 
 # -- parent side -------------------------------------------------------------------------------------------
+class _Spawner:
+    """Starts worker processes from one long-lived thread of this process.
+
+    ``PR_SET_PDEATHSIG`` fires when the *thread* that started a child exits, so a worker started from
+    a caller's short-lived thread would be killed with that thread. One daemon thread per process
+    (restarted after ``os.fork()``) does every ``Popen``; it lives as long as the process does.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._requests: queue.SimpleQueue[tuple[list[str], dict[str, Any], dict[str, Any], threading.Event]]
+
+    def popen(self, args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        if not sys.platform.startswith("linux"):
+            return subprocess.Popen(args, **kwargs)
+        with self._lock:
+            if self._pid != os.getpid():
+                self._requests = queue.SimpleQueue()
+                threading.Thread(target=self._serve, args=(self._requests,), name="deepgrpo-grader-spawner",
+                                 daemon=True).start()
+                self._pid = os.getpid()
+            requests = self._requests
+        box: dict[str, Any] = {}
+        done = threading.Event()
+        requests.put((args, kwargs, box, done))
+        done.wait()
+        if "error" in box:
+            raise box["error"]
+        proc: subprocess.Popen[bytes] = box["proc"]
+        return proc
+
+    @staticmethod
+    def _serve(requests: queue.SimpleQueue[Any]) -> None:
+        while True:
+            args, kwargs, box, done = requests.get()
+            try:
+                box["proc"] = subprocess.Popen(args, **kwargs)
+            except BaseException as e:  # handed to the caller, which raises it
+                box["error"] = e
+            done.set()
+
+
+_SPAWNER = _Spawner()
+
+
 class _Worker:
     """One worker subprocess and the parent's end of its connection."""
 
-    def __init__(self, payload: bytes) -> None:
+    def __init__(self, payload: bytes, timeout: float = math.inf) -> None:
         parent_conn, child_conn = Pipe(duplex=True)
         fd = child_conn.fileno()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _BOOTSTRAP, str(fd)],
+        self.proc = _SPAWNER.popen(
+            [sys.executable, "-c", _BOOTSTRAP, str(fd), str(os.getpid()), repr(float(timeout))],
             pass_fds=(fd,),
             stdin=subprocess.DEVNULL,
             # Own process group: the whole group can be killed, and Ctrl-C reaches only the parent.
+            # The worker still dies with the parent (PR_SET_PDEATHSIG, see the module docstring).
             start_new_session=True,
         )
         child_conn.close()
@@ -393,7 +505,7 @@ class Grader:
     def _grade_inline(self, response: str, reference: str) -> Grade:
         start = time.perf_counter()
         try:
-            value = self.verifier(response, reference)
+            value = _unbounded(self.verifier)(response, reference)
         except Exception as e:
             raise VerifierError(f"Verifier {self.verifier!r} raised {type(e).__name__}: {e}") from e
         return _grade_from_score(check_score(value, self.verifier), time.perf_counter() - start)
@@ -428,7 +540,7 @@ class Grader:
 
     def _new_worker(self) -> _Worker:
         assert self._payload is not None  # pooled graders pickle their verifier in __init__
-        return _Worker(self._payload)
+        return _Worker(self._payload, self.timeout)
 
     def _replace(self, w: _Worker) -> None:
         w.stop()
@@ -518,3 +630,38 @@ def _check_pair(pair: object, index: int) -> tuple[str, str]:
             f"Expected `pairs[{index}]` to be (response: str, reference: str), got {_short_repr(pair)}."
         )
     return pair[0], pair[1]
+
+
+# -- bounded direct calls ------------------------------------------------------------------------------------
+_DIRECT: dict[Any, Grader] = {}
+_DIRECT_LOCK = threading.Lock()
+
+
+def bounded_call(verifier: Any, response: str, reference: str, timeout: float, key: Any) -> float | None:
+    """Runs ``verifier.compute(response, reference)`` in a grading worker with a hard ``timeout``.
+
+    This is how a direct call of a shipped verifier that is not ``inline_safe`` (``MathVerifier()(r, g)``
+    in a notebook or inside a user's reward function) stays bounded in any thread and in any process:
+    one :class:`Grader` per verifier configuration (``key``) is kept for the life of the process and
+    started on the first call (about a second). Inside a grading worker the computation runs directly:
+    the worker's parent already keeps time.
+
+    Raises:
+        VerifierTimeout: If the call ran past ``timeout`` seconds (or its worker died).
+        VerifierError: If the verifier raised.
+    """
+    if _IN_WORKER:
+        value: float | None = _unbounded(verifier)(response, reference)
+        return value
+    with _DIRECT_LOCK:
+        grader = _DIRECT.get(key)
+        if grader is None:
+            grader = _DIRECT[key] = Grader(verifier, timeout=timeout, num_workers=1, inline=False)
+    grade = grader.grade(response, reference)
+    if grade.status == "timeout":
+        raise VerifierTimeout(
+            f"{verifier!r} did not finish within {timeout:g} s on this answer ({grade.detail}); the answer "
+            "is too costly to check symbolically. Score it as wrong, raise `timeout=`, or grade through "
+            "deepgrpo_env.Grader, which reports Grade(status='timeout') instead of raising."
+        )
+    return grade.score

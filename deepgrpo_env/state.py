@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import pickle
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,10 @@ class EnvState:
         response_ids: Response token ids emitted so far, shape (depth,), read-only.
         terminated: The episode ended with a stop token.
         truncated: The episode ran out of response tokens.
-        rng_state: Pickled state of the env's random generator at snapshot time.
+        rng_state: State of the env's random generator at snapshot time, as plain data: the NumPy
+            bit generator's state dict (``{"bit_generator": "PCG64", "state": {...}, ...}``) holding
+            only strings and integers (lists of integers for MT19937's key). It is never unpickled or
+            evaluated: ``reset_to`` validates it and hands it to NumPy's state setter.
         fingerprint: Identity of the env configuration (tokenizer, problems, template, limits);
             restoring into an env with another fingerprint is refused.
     """
@@ -39,7 +42,7 @@ class EnvState:
     response_ids: TokenArray
     terminated: bool
     truncated: bool
-    rng_state: bytes
+    rng_state: dict[str, Any]
     fingerprint: str
 
     @property
@@ -117,7 +120,7 @@ def _rebuild_state(
     response_ids: np.ndarray,
     terminated: bool,
     truncated: bool,
-    rng_state: bytes,
+    rng_state: dict[str, Any],
     fingerprint: str,
 ) -> EnvState:
     prompt_ids.setflags(write=False)
@@ -127,14 +130,82 @@ def _rebuild_state(
     )
 
 
-def dump_rng(rng: np.random.Generator) -> bytes:
-    """Serializes a generator's exact state."""
-    return pickle.dumps(rng.bit_generator.state)
+_BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
+"""NumPy bit generators whose state a snapshot may carry (by name; nothing else is looked up)."""
 
 
-def load_rng(blob: bytes) -> np.random.Generator:
-    """Rebuilds a generator from :func:`dump_rng` output."""
-    state = pickle.loads(blob)
-    bit_generator = getattr(np.random, state["bit_generator"])()
-    bit_generator.state = state
+def _plain(value: Any) -> Any:
+    # ndarray -> list, NumPy integers -> int, recursively: the state becomes JSON-compatible data.
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return [int(x) for x in value.ravel()]
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def dump_rng(rng: np.random.Generator) -> dict[str, Any]:
+    """A generator's exact state as plain data (strings and integers), see :attr:`EnvState.rng_state`."""
+    state: dict[str, Any] = _plain(rng.bit_generator.state)
+    return state
+
+
+def load_rng(state: Any) -> np.random.Generator:
+    """Rebuilds a generator from :func:`dump_rng` output, validating it first.
+
+    Raises:
+        ValueError: If ``state`` is not a bit generator state of a known NumPy bit generator (the
+            message says which part is wrong).
+    """
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"Expected `rng_state` to be the dict that env.snapshot() stores (a NumPy bit generator "
+            f"state), got {type(state).__name__}. Take states from env.snapshot(); do not build them by hand."
+        )
+    name = state.get("bit_generator")
+    if name not in _BIT_GENERATORS:
+        raise ValueError(
+            f"Expected `rng_state['bit_generator']` in {list(_BIT_GENERATORS)}, got {name!r}."
+        )
+    if not _only_plain(state):
+        raise ValueError(
+            "Expected `rng_state` to hold only strings, integers and lists/dicts of them (plain data), "
+            "got another type inside it."
+        )
+    value = _arrays(copy.deepcopy(state), np.uint32 if name == "MT19937" else np.uint64)
+    bit_generator = getattr(np.random, name)()
+    try:
+        bit_generator.state = value
+    except (TypeError, ValueError, KeyError, OverflowError, IndexError) as e:
+        raise ValueError(
+            f"Invalid `rng_state` for {name}: NumPy refused it ({type(e).__name__}: {e}). "
+            "Take states from env.snapshot(); do not edit them."
+        ) from e
     return np.random.Generator(bit_generator)
+
+
+def _only_plain(value: Any, depth: int = 0) -> bool:
+    if depth > 4:
+        return False
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _only_plain(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return len(value) <= 1024 and all(_only_plain(v, depth + 1) for v in value)
+    return isinstance(value, (str, int)) and (not isinstance(value, int) or abs(value) < 2**256)
+
+
+def _arrays(value: Any, dtype: Any) -> Any:
+    # The inverse of _plain for NumPy's setters: lists of integers become unsigned arrays (checked range).
+    if isinstance(value, dict):
+        return {k: _arrays(v, dtype) for k, v in value.items()}
+    if isinstance(value, list):
+        top = int(np.iinfo(dtype).max)
+        if not all(isinstance(v, int) and 0 <= v <= top for v in value):
+            raise ValueError(
+                f"Expected the lists in `rng_state` to hold integers in [0, {top}], got other values."
+            )
+        return np.asarray(value, dtype=dtype)
+    return value

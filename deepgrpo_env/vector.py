@@ -275,17 +275,23 @@ class ReasoningVectorEnv(gym.vector.VectorEnv[dict[str, np.ndarray], np.ndarray,
         """Restores ``states[k]`` into sub-env ``indices[k]`` (``indices`` defaults to 0..len-1).
 
         The same state may be restored into several sub-envs (that is how branches are made). Other
-        sub-envs are untouched. Returns the batched observation and the start info of the restored
-        sub-envs.
+        sub-envs are untouched. Every state is validated before any sub-env is written, so a bad
+        state raises and leaves all sub-envs unchanged. Returns the batched observation and the start
+        info of the restored sub-envs.
         """
         states = list(states)
         rows = rows_of(indices if indices is not None else range(len(states)), self.num_envs)
         if len(rows) != len(states):
             raise ValueError(f"Expected one index per state, got {len(rows)} indices for {len(states)} states.")
-        for state in states:
-            self.core.check_state(state)
-        for r, state in zip(rows, states):
-            self.core.restore(r, state)
+        # Validate every state before writing any row: a bad state leaves all sub-envs as they were.
+        rngs = []
+        for k, state in enumerate(states):
+            try:
+                rngs.append(self.core.prepare(state))
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"states[{k}] (for sub-env {rows[k]}): {e} No sub-env was changed.") from e
+        for r, state, rng in zip(rows, states, rngs):
+            self.core.restore(r, state, rng)
             self._autoreset[r] = state.done
         return self._obs(), self._start_info(rows)
 

@@ -16,13 +16,14 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import unicodedata
 from decimal import Decimal, localcontext
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["AnswerKind", "MathVerifier", "NumericVerifier", "Verifier", "verifier_for"]
+__all__ = ["AnswerKind", "MathVerifier", "NumericVerifier", "Verifier", "normalize_digits", "verifier_for"]
 
 AnswerKind = Literal["numeric", "math"]
 
@@ -46,6 +47,42 @@ def _tail(text: str, max_chars: int) -> str:
 def _check_max_chars(max_chars: int) -> None:
     if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1:
         raise ValueError(f"Expected `max_chars` to be an int >= 1, got {max_chars!r}.")
+
+
+# -- text normalization (both verifiers) -------------------------------------------------------------------
+def normalize_digits(text: str) -> str:
+    """``text`` with every Unicode decimal digit as its ASCII digit and fullwidth ASCII forms as ASCII.
+
+    ``"１２"`` becomes ``"12"`` and ``"１，０００．５"`` becomes ``"1,000.5"`` (NFKC applied to the fullwidth
+    block U+FF01-U+FF5E only), while superscripts such as ``"²"`` are kept: NFKC would turn ``"2³"``
+    into ``"23"``. Linear time; ASCII text is returned unchanged.
+    """
+    if text.isascii():
+        return text
+    out = []
+    for ch in text:
+        if ch.isascii():
+            out.append(ch)
+            continue
+        digit = unicodedata.decimal(ch, None)
+        if digit is not None:
+            out.append(str(digit))
+        elif "\uff01" <= ch <= "\uff5e":
+            out.append(unicodedata.normalize("NFKC", ch))
+        elif ch == "\u3000":  # ideographic space
+            out.append(" ")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+# LaTeX thousands separators between digit groups: "1,\!000", "14{,}916", "1\,000".
+_LATEX_THOUSANDS_RE = re.compile(r"(?<=[0-9])(?:,\\!|\{,\}|\\,)(?=[0-9]{3}(?![0-9]))")
+
+
+def _plain_thousands(text: str) -> str:
+    """LaTeX thousands separators as plain commas (``"1,\\!000"`` -> ``"1,000"``); linear time."""
+    return _LATEX_THOUSANDS_RE.sub(",", text) if "," in text or "\\," in text else text
 
 
 # -- numeric ----------------------------------------------------------------------------------------------
@@ -91,6 +128,11 @@ def _numbers_equal(a: Decimal, b: Decimal, rel_tol: float) -> bool:
         return abs(a - b) <= Decimal(repr(rel_tol)) * max(abs(a), abs(b))
 
 
+def _numeric_text(text: str, max_chars: int) -> str:
+    # Tail first (bounded work), with a little slack so a separator cut at the edge still reads.
+    return _plain_thousands(normalize_digits(_tail(text, max_chars + 8)))[-max_chars:]
+
+
 class NumericVerifier:
     """Strict last-number match, as the DEEP-GRPO paper grades GSM8K.
 
@@ -121,11 +163,17 @@ class NumericVerifier:
         self.max_chars = max_chars
 
     def __call__(self, response: str, reference: str) -> float | None:
-        """Scores ``response`` against ``reference``: 1.0, 0.0, or None if the reference is not one number."""
-        ref_numbers = list(_NUMBER_RE.finditer(_tail(reference, self.max_chars)))
+        """Scores ``response`` against ``reference``: 1.0, 0.0, or None if the reference is not one number.
+
+        Both sides are normalized first: Unicode digits (fullwidth ``１２``) read as ASCII and LaTeX
+        thousands separators (``1,\\!000``, ``14{,}916``, ``1\\,000``) as commas. Bounded by
+        construction (linear-time scans of at most ``max_chars`` characters), so direct calls need no
+        timeout.
+        """
+        ref_numbers = list(_NUMBER_RE.finditer(_numeric_text(reference, self.max_chars)))
         if len(ref_numbers) != 1:
             return None
-        answer = last_number(_tail(response, self.max_chars))
+        answer = last_number(_numeric_text(response, self.max_chars))
         if answer is None:
             return 0.0
         return 1.0 if _numbers_equal(answer, _to_decimal(ref_numbers[0]), self.rel_tol) else 0.0
@@ -158,22 +206,70 @@ def _math_verify() -> Any:
     return math_verify
 
 
+def _math_text(text: str) -> str:
+    """Normalization both sides get before math-verify: ASCII digits, LaTeX thousands separators removed.
+
+    math-verify reads ``1,\\!000`` at the top level but not inside ``\\frac{12}{5,\\!525}``, so the
+    separators are dropped wherever they sit between digit groups.
+    """
+    return _LATEX_THOUSANDS_RE.sub("", normalize_digits(text))
+
+
+def _strip_sentence_period(text: str) -> str:
+    """``"\\frac{7}{5} + \\frac{1}{5} i."`` -> without the final period (not an ellipsis ``...``)."""
+    return text[:-1].rstrip() if text.endswith(".") and not text.endswith("..") else text
+
+
+# What math-verify legitimately drops from an answer (units in \\text{}/\\mbox{}, currency and percent
+# signs, degree marks, spacing) and so must not make a whole answer look like a fragment.
+_SQUEEZE_RE = re.compile(
+    r"\\(?:text|mbox|mathrm|textrm|textbf)\s*\{[^{}]*\}(?:\^\{?[0-9]\}?)?"
+    r"|\^\s*\{?\\circ\}?|\\circ|\\\$|\\%|\\[!,;:]|\\(?:q?quad|displaystyle)|[\s,$%]"
+)
+
+
+def _fragment(extracted: str, text: str) -> bool:
+    """Whether math-verify's extracted string is only a part of ``text`` (a strict piece of it).
+
+    Spaces, commas, ``$`` and percent signs are ignored; an extracted string that math-verify
+    rewrote (``\\dfrac`` as ``\\frac``) is not a piece of the text and counts as whole.
+    """
+    piece = _SQUEEZE_RE.sub("", extracted)
+    whole = _SQUEEZE_RE.sub("", _strip_sentence_period(text))
+    if whole.startswith(piece) and whole[len(piece) :].isalpha():
+        return False  # a trailing unit word math-verify drops by design ("4t" read as 4 tonnes)
+    return piece != whole and piece in whole
+
+
 @functools.lru_cache(maxsize=4096)
 def _parse_gold(reference: str) -> tuple[Any, ...]:
-    """The parsed reference (empty when it cannot be parsed); cached because a group shares one."""
+    """The parsed reference, or empty when it cannot be parsed *whole*; cached (a group shares one).
+
+    A reference that math-verify reads only in part (``"\\frac{7}{5} + \\frac{1}{5} i."`` read as
+    ``1/5``) is unscorable, never a fragment: grading against a fragment rewards wrong answers.
+    """
     mv = _math_verify()
     configs = [mv.LatexExtractionConfig(), mv.ExprExtractionConfig()]
-    text = reference.strip()
+    text = _math_text(reference.strip())
     if not text:
         return ()
-    # math-verify reads LaTeX only inside delimiters, so a bare "\frac{1}{2}" is wrapped first.
-    candidates = [text] if _LATEX_DELIMITER_RE.search(text) else [f"${text}$", text]
+    if _LATEX_DELIMITER_RE.search(text):
+        candidates = [text]
+    else:
+        # math-verify reads LaTeX only inside delimiters, so a bare "\frac{1}{2}" is wrapped; a final
+        # sentence period would stop it parsing, so it is dropped.
+        candidates = [f"${_strip_sentence_period(text)}$"]
+        if "\\" not in text and "{" not in text:
+            candidates.append(text)  # a plain number or expression ("1,000", "2/3")
     for candidate in candidates:
         # parsing_timeout=None: math-verify would otherwise install a SIGALRM handler, which only works
         # on the main thread; the grader's worker processes enforce the time limit instead.
-        parsed = mv.parse(candidate, configs, fallback_mode="no_fallback", parsing_timeout=None)
-        if parsed:
-            return tuple(parsed)
+        parsed = mv.parse(candidate, configs, fallback_mode="first_match", parsing_timeout=None)
+        if len(parsed) < 2:
+            continue
+        if _fragment(str(parsed[-1]), candidate):
+            return ()  # math-verify read only part of the reference: unscorable, not a fragment
+        return (parsed[0],)
     return ()
 
 
@@ -202,17 +298,26 @@ class MathVerifier:
     ``9^{9^{9^9}}`` or ``(10^{10})!`` make SymPy compute for minutes, which is why this verifier is
     not ``inline_safe`` and must run in :class:`~deepgrpo_env.grading.Grader`'s worker processes.
 
+    Calling it directly (``MathVerifier()(response, reference)``) is bounded too: the call runs in a
+    grading worker kept for the process and raises :class:`~deepgrpo_env.grading.VerifierTimeout`
+    after ``timeout`` seconds, from any thread or process. :class:`~deepgrpo_env.grading.Grader` runs
+    the unbounded :meth:`compute` under its own timeout instead (a timeout is then a ``Grade``).
+
     Args:
         numeric_fallback: Also accept answers written as plain numbers or arithmetic outside LaTeX.
         max_chars: Longest response tail that is parsed.
+        timeout: Seconds a direct call may take before it raises ``VerifierTimeout``.
     """
 
     inline_safe: bool = False
 
-    def __init__(self, *, numeric_fallback: bool = True, max_chars: int = 20_000) -> None:
+    def __init__(self, *, numeric_fallback: bool = True, max_chars: int = 20_000, timeout: float = 5.0) -> None:
         _check_max_chars(max_chars)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
+            raise ValueError(f"Expected `timeout` a finite number of seconds > 0, got {timeout!r}.")
         self.numeric_fallback = bool(numeric_fallback)
         self.max_chars = max_chars
+        self.timeout = float(timeout)
 
     def warmup(self) -> None:
         """Imports math-verify and grades one trivial answer (compiling its regular expressions).
@@ -220,7 +325,7 @@ class MathVerifier:
         Grading workers call this once before their first timed task, so the first real grade is
         not slowed by a second of imports.
         """
-        self("\\boxed{1}", "1")
+        self.compute("\\boxed{1}", "1")
 
     def _prediction_configs(self) -> Sequence[Any]:
         mv = _math_verify()
@@ -231,13 +336,29 @@ class MathVerifier:
         return configs
 
     def __call__(self, response: str, reference: str) -> float | None:
-        """Scores ``response`` against ``reference``: 1.0, 0.0, or None if the reference cannot be parsed."""
+        """Scores ``response`` against ``reference``: 1.0, 0.0, or None if the reference cannot be parsed.
+
+        Bounded: runs :meth:`compute` in a grading worker with a hard ``timeout``.
+
+        Raises:
+            VerifierTimeout: If scoring took longer than ``timeout`` seconds.
+        """
+        from deepgrpo_env.grading import bounded_call
+
+        key = (type(self), self.numeric_fallback, self.max_chars, self.timeout)
+        return bounded_call(self, response, reference, self.timeout, key)
+
+    def compute(self, response: str, reference: str) -> float | None:
+        """The score computed in this thread with no time limit (what grading workers run).
+
+        Only for callers that bound the time themselves: a costly answer can make this run for hours.
+        """
         gold = _parse_gold(reference)
         if not gold:
             return None
         mv = _math_verify()
         prediction = mv.parse(
-            _tail(response, self.max_chars),
+            _math_text(_tail(response, self.max_chars)),
             self._prediction_configs(),
             fallback_mode="no_fallback",
             parsing_timeout=None,  # see _parse_gold: the grader's worker enforces the time limit
@@ -247,7 +368,10 @@ class MathVerifier:
         return 1.0 if mv.verify(list(gold), prediction, timeout_seconds=None) else 0.0
 
     def __repr__(self) -> str:
-        return f"MathVerifier(numeric_fallback={self.numeric_fallback}, max_chars={self.max_chars})"
+        return (
+            f"MathVerifier(numeric_fallback={self.numeric_fallback}, max_chars={self.max_chars}, "
+            f"timeout={self.timeout:g})"
+        )
 
 
 def verifier_for(answer_kind: AnswerKind) -> Verifier:

@@ -207,7 +207,7 @@ def test_math_verify_only_evaluates_letter_free_text(monkeypatch: pytest.MonkeyP
     mvp.parse_expr_cached.cache_clear()
     texts = [*_code_injections(tmp_path / "PWNED"), "answer: 1/2", "so 3 * (4 + 5) = 27", "2^10 and 1+1"]
     for text in texts:
-        MathVerifier()(text, "-987654")
+        MathVerifier().compute(text, "-987654")
     assert any("1/2" in t for t in seen)  # the spy is on the path that evaluates
     assert all(re.fullmatch(r"[0-9.\s+\-*×/^()÷]*", t) for t in seen), seen
     assert not (tmp_path / "PWNED").exists()
