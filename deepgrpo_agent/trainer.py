@@ -176,7 +176,10 @@ class GRPOTrainer:
         if model is None:  # "random-tiny": sized to the env, so made after it
             model = random_tiny_model(int(self.env.single_action_space.n), config.seed)
         self.model = model.to(self.device)
-        self.engine = HFEngine(self.model, vocab_size=self.env.single_action_space.n)
+        # The one vocabulary (scoring.restrict_vocab): the engine samples from it, the loss and the
+        # reference model score over it, whatever the size of the model's (possibly padded) head.
+        self.vocab_size = int(self.env.single_action_space.n)
+        self.engine = HFEngine(self.model, vocab_size=self.vocab_size)
         self.ref_model = self._frozen_copy() if config.kl_coef > 0 else None
         self.optimizer = _adamw(self.model, config)
         warmup = max(config.warmup_steps, 0)

@@ -19,9 +19,10 @@ SKIP_ZERO_ADVANTAGE_ROWS = True
 
 
 def _scores(model: torch.nn.Module, samples: TrainSamples, idx: np.ndarray, device: torch.device,
-            temperature: float, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+            temperature: float, pad_id: int, vocab_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     batch = pack([samples.contexts[i] for i in idx], [samples.targets[i] for i in idx], device, pad_id)
-    return token_logprobs(model, batch, _row_temperatures(samples, idx, temperature, device)), batch.mask
+    temps = _row_temperatures(samples, idx, temperature, device)
+    return token_logprobs(model, batch, temps, vocab_size=vocab_size), batch.mask
 
 
 def _row_temperatures(
@@ -85,9 +86,9 @@ def _frozen_logprobs(
     with torch.no_grad():
         for k, idx in enumerate(groups):
             if cfg.ppo_epochs > 1:
-                old[k] = _scores(trainer.model, samples, idx, device, cfg.temperature, 0)[0]
+                old[k] = _scores(trainer.model, samples, idx, device, cfg.temperature, 0, trainer.vocab_size)[0]
             if trainer.ref_model is not None:
-                ref[k] = _scores(trainer.ref_model, samples, idx, device, cfg.temperature, 0)[0]
+                ref[k] = _scores(trainer.ref_model, samples, idx, device, cfg.temperature, 0, trainer.vocab_size)[0]
     return old, ref
 
 
@@ -106,7 +107,7 @@ def _one_epoch(
     sums = {"total": 0.0, "clip_fraction": 0.0, "kl": 0.0, "tokens": 0.0, "processed": 0.0}
     stream_sums = {s: 0.0 for s in denominators}
     for k, idx in enumerate(groups):
-        logp, mask = _scores(model, samples, idx, device, cfg.temperature, 0)  # (b, T)
+        logp, mask = _scores(model, samples, idx, device, cfg.temperature, 0, trainer.vocab_size)  # (b, T)
         adv = torch.as_tensor(samples.advantages[idx], dtype=torch.float32, device=device)  # (b,)
         per_token, clipped = clipped_policy_loss(
             logp, old.get(k, logp.detach()), adv, eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high,
