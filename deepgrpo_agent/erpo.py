@@ -30,6 +30,10 @@ Deviations from the paper (methods.md §3; the paper leaves these open):
   pivot came from; only root groups update the tracker (a branch group is not a visit of the prompt).
 - Temperatures are ``base + k * ΔT`` for an integer level ``k`` (capped at T_max), which keeps the
   schedule exact in floating point and makes the tracker's state a table of small integers.
+- One visit per prompt per step: when a step samples a prompt more than once (two groups of it at an
+  epoch boundary, or again in a refill round) the tracker is updated once, after the step's root
+  rollouts, from the union of its groups' rewards; every group of the step was sampled at the
+  temperature the prompt had when the step began.
 """
 
 from __future__ import annotations
@@ -284,9 +288,31 @@ class ERPOTrainer(GRPOTrainer):
             config.temperature, config.erpo_temperature_step, config.erpo_max_temperature,
             config.erpo_reset, config.erpo_history,
         )
+        self._visits: dict[str, list[np.ndarray]] | None = None  # this step's rewards per prompt, while collecting
         super().__init__(config, **kwargs)
 
     # -- the overridden stages --------------------------------------------------------------------
+    def collect_roots(self) -> tuple[TrainSamples, list[RolloutBatch], dict[str, float]]:
+        """GRPO's root collection; the tracker is updated once per prompt after it (see :meth:`record_visits`)."""
+        self._visits = {}
+        try:
+            out = super().collect_roots()
+            visits = self._visits
+        finally:
+            self._visits = None
+        self.record_visits(visits)
+        out[2].update(self._tracker_metrics())  # after this step's visits
+        return out
+
+    def _tracker_metrics(self) -> dict[str, float]:
+        return {"erpo/raised_prompts": float(self.tracker.raised_prompts),
+                "erpo/tracked_prompts": float(len(self.tracker))}
+
+    def record_visits(self, visits: dict[str, list[np.ndarray]]) -> None:
+        """One tracker update per prompt, from the union of the rewards of all its groups."""
+        for prompt_id, parts in visits.items():
+            self.tracker.update(prompt_id, np.concatenate(parts))
+
     def root_temperatures(self, problems: np.ndarray) -> np.ndarray:
         """Each problem's tracked temperature (the base for prompts never seen or not raised)."""
         env = self.env.unwrapped if hasattr(self.env, "unwrapped") else self.env
@@ -294,15 +320,18 @@ class ERPOTrainer(GRPOTrainer):
         return np.array([self.tracker.temperature(source.problem(int(i)).id) for i in problems])
 
     def compute_advantages(self, batch: RolloutBatch) -> tuple[TrainSamples, np.ndarray]:
-        """GRPO's advantages, then a tracker visit per group and the pseudo-advantage.
+        """GRPO's advantages, then the groups' rewards recorded as this step's visits, and the pseudo-advantage.
 
         Returns:
             The samples and the mask of rows without signal; rows given the pseudo-advantage carry
             signal, so dynamic sampling keeps them.
         """
         samples, zero_var = super().compute_advantages(batch)
+        visits: dict[str, list[np.ndarray]] = {} if self._visits is None else self._visits
         for rows in _group_slices(batch.group):
-            self.tracker.update(batch.problem_id[rows[0]], batch.rewards[rows])
+            visits.setdefault(batch.problem_id[rows[0]], []).append(np.asarray(batch.rewards[rows]))
+        if self._visits is None:  # called on its own (not inside collect_roots): this batch is the visit
+            self.record_visits(visits)
         adv, given = pseudo_advantages(samples.advantages, batch.rewards, batch.group, zero_var,
                                        self.config.erpo_pseudo_advantage)
         samples.advantages = adv
@@ -313,8 +342,7 @@ class ERPOTrainer(GRPOTrainer):
         cfg = self.config
         metrics = super().rollout_metrics(batches)
         metrics.update(erpo_metrics(batches, cfg.temperature, cfg.erpo_max_temperature))
-        metrics["erpo/raised_prompts"] = float(self.tracker.raised_prompts)
-        metrics["erpo/tracked_prompts"] = float(len(self.tracker))
+        metrics.update(self._tracker_metrics())
         return metrics
 
     # -- checkpointed strategy state --------------------------------------------------------------
