@@ -256,7 +256,7 @@ def test_one_visit_pools_the_groups_of_a_prompt_and_refill_rounds(tmp_path, monk
     # Refill rounds re-draw the same problems (all-correct, no signal): 3 rounds, still one visit each.
     first = trainer.next_problems(2)
     monkeypatch.setattr(trainer, "next_problems", lambda count: first[:count])
-    samples, metrics = trainer.collect()
+    _, metrics = trainer.collect()
     assert metrics["rollout/refill_rounds"] == 2 and trainer.budget.root_rollouts == 3 * 8
     source = trainer.env.unwrapped.core.source
     for i in first:
