@@ -35,6 +35,17 @@ def _row_temperatures(
     return torch.as_tensor(temps, dtype=torch.float32, device=device)  # (b,)
 
 
+def _advantages(samples: TrainSamples, idx: np.ndarray, width: int, device: torch.device) -> torch.Tensor:
+    """The rows' advantages: (b,) broadcast to their tokens, or (b, T) when rows carry per-token ones."""
+    if samples.token_advantages is None:
+        return torch.as_tensor(samples.advantages[idx], dtype=torch.float32, device=device)  # (b,)
+    out = np.zeros((len(idx), width), dtype=np.float32)  # (b, T); padding positions are masked anyway
+    for r, i in enumerate(idx):
+        a = samples.row_token_advantages(int(i))
+        out[r, : a.shape[0]] = a
+    return torch.from_numpy(out).to(device)
+
+
 def policy_update(trainer: GRPOTrainer, samples: TrainSamples) -> dict[str, float]:
     """Runs ``ppo_epochs`` optimizer steps on ``samples`` and returns loss metrics.
 
@@ -50,7 +61,7 @@ def policy_update(trainer: GRPOTrainer, samples: TrainSamples) -> dict[str, floa
     # KL, no gradient: skip their forward/backward but keep their tokens in the denominators, so the
     # update is the same as computing them (zero-variance groups are common early in training).
     skip = SKIP_ZERO_ADVANTAGE_ROWS and trainer.ref_model is None
-    needed = np.flatnonzero(samples.advantages != 0) if skip else np.arange(n)
+    needed = np.flatnonzero(samples.has_signal()) if skip else np.arange(n)
     lengths = [len(samples.contexts[i]) + len(samples.targets[i]) for i in needed]
     groups = [needed[g] for g in micro_batches(len(needed), cfg.micro_batch_size, lengths)]
     denominators = _stream_denominators(trainer, samples)
@@ -108,7 +119,7 @@ def _one_epoch(
     stream_sums = {s: 0.0 for s in denominators}
     for k, idx in enumerate(groups):
         logp, mask = _scores(model, samples, idx, device, cfg.temperature, 0, trainer.vocab_size)  # (b, T)
-        adv = torch.as_tensor(samples.advantages[idx], dtype=torch.float32, device=device)  # (b,)
+        adv = _advantages(samples, idx, logp.shape[1], device)  # (b,) or per token (b, T)
         per_token, clipped = clipped_policy_loss(
             logp, old.get(k, logp.detach()), adv, eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high,
             dual_clip=cfg.dual_clip,
