@@ -92,3 +92,13 @@ def test_engine_never_samples_a_padded_id_and_matches_the_sliced_softmax():
         ref = (model(torch.tensor([[3, 4, 5]])).logits[0, -1, :ENV_VOCAB] / 1.4).log_softmax(-1)
     np.testing.assert_allclose(logp, ref[torch.from_numpy(tokens)].numpy(), atol=1e-5)
     np.testing.assert_allclose(entropy, float(-(ref.exp() * ref).sum()), atol=1e-5)
+
+
+def test_token_logprobs_are_exactly_zero_on_padding():
+    """Ragged rows: padding positions hold 0 (the contract every consumer of the (B, T) tensor relies on)."""
+    model = tiny_model(HEAD).eval()
+    batch = pack([np.array([3, 4, 5]), np.array([6])], [np.array([7, 8, 9]), np.array([10])], torch.device("cpu"))
+    with torch.no_grad():
+        logp = token_logprobs(model, batch, vocab_size=ENV_VOCAB)
+    assert logp.shape == (2, 3) and bool((logp[0] < 0).all()) and float(logp[1, 0]) < 0
+    assert logp[1, 1:].tolist() == [0.0, 0.0]
