@@ -61,7 +61,7 @@ STRATEGIES: dict[str, Strategy] = {
     "erpo": Strategy("erpo", {}, "ERPO: raised temperature on prompts that were all-correct (§3)"),
     "deep-erpo": Strategy("deep-erpo", {}, "DEEP-GRPO pivots + ERPO temperatures"),
     "treerl": Strategy("treerl", {"fork_selection": "entropy"}, "TreeRL EPTree (M, N, L, T) = (6, 2, 1, 2) (§4)"),
-    "uniform-tree": Strategy("uniform-tree", {}, "Uniform random forks, TreeRL's tree budget (§4)"),
+    "uniform-tree": Strategy("uniform-tree", {}, "Uniform random forks, TreeRL's tree shape: equal rollouts, not equal tokens (§4)"),
 }
 """Named strategies ``deepgrpo compare --strategies`` accepts."""
 

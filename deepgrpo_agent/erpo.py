@@ -31,6 +31,10 @@ Deviations from the paper (docs/methods.md §3; the paper leaves these open):
   pivot came from; only root groups update the tracker (a branch group is not a visit of the prompt).
 - Temperatures are ``base + k * ΔT`` for an integer level ``k`` (capped at T_max), which keeps the
   schedule exact in floating point and makes the tracker's state a table of small integers.
+- One visit per prompt per step: when a step samples a prompt more than once (two groups of it at an
+  epoch boundary, or again in a refill round) the tracker is updated once, after the step's root
+  rollouts, from the union of its groups' rewards; every group of the step was sampled at the
+  temperature the prompt had when the step began.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from deepgrpo_agent.advantages import zero_variance_groups
 from deepgrpo_agent.config import GRPOConfig
 from deepgrpo_agent.deep_grpo import DeepGRPOConfig, DeepGRPOTrainer, Pivot
 from deepgrpo_agent.rollout import RolloutBatch
+from deepgrpo_agent.samples import Rollouts
 from deepgrpo_agent.trainer import GRPOTrainer
 from deepgrpo_env.grading import CORRECT_THRESHOLD
 
@@ -286,19 +291,50 @@ class ERPOTrainer(GRPOTrainer):
             config.temperature, config.erpo_temperature_step, config.erpo_max_temperature,
             config.erpo_reset, config.erpo_history,
         )
+        self._visits: dict[str, list[np.ndarray]] | None = None  # this step's rewards per prompt, while collecting
         super().__init__(config, **kwargs)
 
     # -- the overridden stages --------------------------------------------------------------------
+    def collect(self) -> Rollouts:
+        """The parent's collection (roots, and DEEP-ERPO's branches), then one tracker visit per prompt.
+
+        The visit is the union of the rewards of all the prompt's groups this step (an epoch boundary
+        can draw a problem twice; refill rounds add groups), so the temperature moves by at most one
+        ΔT per step and every group of a prompt is sampled at the temperature it had when the step began.
+        """
+        self._visits = {}
+        try:
+            rollouts = super().collect()
+            visits = self._visits
+        finally:
+            self._visits = None
+        self.record_visits(visits)
+        rollouts.metrics.update(self._tracker_metrics())  # after this step's visits
+        return rollouts
+
+    def _tracker_metrics(self) -> dict[str, float]:
+        return {"erpo/raised_prompts": float(self.tracker.raised_prompts),
+                "erpo/tracked_prompts": float(len(self.tracker))}
+
+    def record_visits(self, visits: dict[str, list[np.ndarray]]) -> None:
+        """One tracker update per prompt, from the union of the rewards of all its groups."""
+        for prompt_id, parts in visits.items():
+            self.tracker.update(prompt_id, np.concatenate(parts))
+
     def root_temperatures(self, problems: np.ndarray) -> np.ndarray:
         """Each problem's tracked temperature (the base for prompts never seen or not raised)."""
         return np.array([self.tracker.temperature(self.env.problem_id(int(i))) for i in problems])
 
     def observe_roots(self, batch: RolloutBatch) -> np.ndarray:
-        """A tracker visit per group (before the next refill round picks its temperatures); rows given
-        the pseudo-advantage carry signal, so dynamic sampling keeps them."""
+        """Records each group's rewards as this step's visit of its prompt (applied after the step's
+        collection, see :meth:`collect`); rows given the pseudo-advantage carry signal, so dynamic
+        sampling keeps them."""
         has_signal = super().observe_roots(batch)
+        visits: dict[str, list[np.ndarray]] = {} if self._visits is None else self._visits
         for rows in _group_slices(batch.group):
-            self.tracker.update(batch.problem_id[rows[0]], batch.rewards[rows])
+            visits.setdefault(batch.problem_id[rows[0]], []).append(np.asarray(batch.rewards[rows]))
+        if self._visits is None:  # called on its own (not inside collect): this batch is the visit
+            self.record_visits(visits)
         _, given = pseudo_advantages(np.zeros(len(batch), dtype=np.float32), batch.rewards, batch.group,
                                      ~has_signal, self.config.erpo_pseudo_advantage)
         out: np.ndarray = has_signal | given
@@ -318,8 +354,7 @@ class ERPOTrainer(GRPOTrainer):
         cfg = self.config
         metrics = super().rollout_metrics(batches)
         metrics.update(erpo_metrics(batches, cfg.temperature, cfg.erpo_max_temperature))
-        metrics["erpo/raised_prompts"] = float(self.tracker.raised_prompts)
-        metrics["erpo/tracked_prompts"] = float(len(self.tracker))
+        metrics.update(self._tracker_metrics())
         return metrics
 
     # -- checkpointed strategy state --------------------------------------------------------------

@@ -29,6 +29,9 @@ class TrainSamples:
         streams: (N,) stream id (0 = global GRPO stream; DEEP-GRPO adds 1 = local pivot groups).
         temperatures: (N,) temperature each row was sampled at, which the loss scores it at (ERPO);
             None, or nan in a row, = ``config.temperature``.
+        token_advantages: Per-token advantages, one float32 array per row of ``len(targets[i])``,
+            that replace the row's ``advantages[i]`` in the loss (TreeRL's path rows, whose segments
+            have different advantages); None = every token gets its row's advantage.
     """
 
     contexts: list[np.ndarray]
@@ -36,9 +39,22 @@ class TrainSamples:
     advantages: np.ndarray
     streams: np.ndarray
     temperatures: np.ndarray | None = None
+    token_advantages: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def row_token_advantages(self, i: int) -> np.ndarray:
+        """Row ``i``'s advantage of each target token, (len(targets[i]),) float32."""
+        if self.token_advantages is not None:
+            return np.asarray(self.token_advantages[i], dtype=np.float32)
+        return np.full(len(self.targets[i]), self.advantages[i], dtype=np.float32)
+
+    def has_signal(self) -> np.ndarray:
+        """(N,) bool: rows with a non-zero advantage on some token."""
+        if self.token_advantages is None:
+            return np.asarray(self.advantages != 0)
+        return np.array([bool(np.any(a != 0)) for a in self.token_advantages], dtype=bool)
 
     @staticmethod
     def from_batch(batch: RolloutBatch, advantages: np.ndarray, stream: int = GLOBAL_STREAM) -> TrainSamples:
@@ -66,12 +82,16 @@ class TrainSamples:
                     for p in parts
                 ]
             )
+        tokens = None
+        if any(p.token_advantages is not None for p in parts):
+            tokens = [p.row_token_advantages(i) for p in parts for i in range(len(p))]
         return TrainSamples(
             [c for p in parts for c in p.contexts],
             [t for p in parts for t in p.targets],
             np.concatenate([p.advantages for p in parts]) if parts else np.zeros(0),
             np.concatenate([p.streams for p in parts]).astype(np.int64) if parts else np.zeros(0, np.int64),
             temps,
+            tokens,
         )
 
     def select(self, keep: np.ndarray) -> TrainSamples:
@@ -82,6 +102,7 @@ class TrainSamples:
             self.advantages[idx],
             self.streams[idx],
             None if self.temperatures is None else self.temperatures[idx],
+            None if self.token_advantages is None else [self.token_advantages[i] for i in idx],
         )
 
 

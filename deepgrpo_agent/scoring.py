@@ -1,4 +1,13 @@
-"""Scoring sequences with the policy: per-token log-probs of generated tokens, in micro-batches."""
+"""Scoring sequences with the policy: per-token log-probs of generated tokens, in micro-batches.
+
+One vocabulary everywhere: the policy's action space is the env's ``single_action_space.n`` token
+ids (the trainer's ``vocab_size``). A model's output head may be larger (embedding matrices are often
+padded to a multiple of 64 or 128, e.g. Qwen2.5: 151,936 rows for 151,665 tokens); the extra logits
+are not actions. :func:`restrict_vocab` is the one rule that every place computing a distribution
+applies before its softmax: the engines' sampling, log-probs and entropies, the loss's log-probs
+(:func:`token_logprobs`) and the reference model's, so that the loss scores exactly the distribution
+the tokens were sampled from.
+"""
 
 from __future__ import annotations
 
@@ -57,8 +66,32 @@ def pack(
     return PackedBatch(as_t(ids), as_t(att), as_t(pos), as_t(tgt), as_t(msk))
 
 
+def restrict_vocab(logits: torch.Tensor, vocab_size: int | None) -> torch.Tensor:
+    """The logits of the action space: ids ``< vocab_size`` of the last dimension (``(..., V) -> (..., vocab_size)``).
+
+    Slicing is the same as masking ids ``>= vocab_size`` with -inf before the softmax (they get
+    probability 0 and do not enter the normalizer), without computing over them. ``None`` (or the
+    head's own size) keeps every logit.
+
+    Raises:
+        ValueError: If ``vocab_size`` is < 1 or larger than the head's ``logits.shape[-1]``.
+    """
+    if vocab_size is None or vocab_size == logits.shape[-1]:
+        return logits
+    if not 1 <= vocab_size <= logits.shape[-1]:
+        raise ValueError(
+            f"Expected 1 <= `vocab_size` <= the model's {logits.shape[-1]} output logits, got {vocab_size}; "
+            "pass the env's `single_action_space.n`."
+        )
+    return logits[..., :vocab_size]
+
+
 def token_logprobs(
-    model: torch.nn.Module, batch: PackedBatch, temperature: float | torch.Tensor = 1.0
+    model: torch.nn.Module,
+    batch: PackedBatch,
+    temperature: float | torch.Tensor = 1.0,
+    *,
+    vocab_size: int | None = None,
 ) -> torch.Tensor:
     """log pi(target_t | prefix) for every target token, (B, T); padding positions hold 0.
 
@@ -67,14 +100,15 @@ def token_logprobs(
     (B, T, V) log-prob tensor is materialized.
 
     ``temperature`` is one float for every row or a (B,) tensor of per-row temperatures (ERPO: each
-    sample is scored at the temperature it was sampled at).
+    sample is scored at the temperature it was sampled at). ``vocab_size`` is the action space
+    (:func:`restrict_vocab`): pass the one the engine samples with; None normalizes over the whole head.
     """
     body = model.get_decoder()  # type: ignore[operator]
     head = model.get_output_embeddings()  # type: ignore[operator]
     hidden = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
     index = batch.gather_pos.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
     picked = torch.gather(hidden, 1, index)  # (B, T, H)
-    logits = head(picked).float()
+    logits = restrict_vocab(head(picked), vocab_size).float()  # (B, T, V)
     if isinstance(temperature, torch.Tensor):
         logits = logits / temperature.to(logits.device, torch.float32)[:, None, None]  # (B, T, V) / (B, 1, 1)
     elif temperature != 1.0:

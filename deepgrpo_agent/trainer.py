@@ -140,8 +140,10 @@ class GRPOTrainer:
         if model is None:  # "random-tiny": sized to the env, so made after it
             model = random_tiny_model(self.envs.vocab_size, config.seed)
         self.model = model.to(self.device)
-        self.engine = engine if engine is not None else make_engine(config, self.model,
-                                                                    vocab_size=self.envs.vocab_size)
+        # The one vocabulary (scoring.restrict_vocab): the engine samples from it, the loss and the
+        # reference model score over it, whatever the size of the model's (possibly padded) head.
+        self.vocab_size = self.envs.vocab_size
+        self.engine = engine if engine is not None else make_engine(config, self.model, vocab_size=self.vocab_size)
         self.ref_model = self._frozen_copy() if config.kl_coef > 0 else None
         self.update_settings = UpdateSettings.from_config(config)
         self.optimizer = _adamw(self.model, config)
@@ -394,7 +396,8 @@ class GRPOTrainer:
         """``ppo_epochs`` optimizer steps on ``samples`` (see :func:`~deepgrpo_agent.update.policy_update`)."""
         self.model.train()
         metrics = policy_update(self.model, self.optimizer, self.scheduler, samples, self.update_settings,
-                                stream_weights=self.stream_weights(), ref_model=self.ref_model, device=self.device)
+                                stream_weights=self.stream_weights(), ref_model=self.ref_model, device=self.device,
+                                vocab_size=self.vocab_size)
         self.budget.add(trained_tokens=int(sum(len(t) for t in samples.targets)) * self.config.ppo_epochs)
         self.engine.sync_weights(self.model)
         return metrics

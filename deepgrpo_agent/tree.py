@@ -10,10 +10,22 @@ leaves under s, every token of segment s gets the advantage (TreeRL, docs/method
 
     R(s) = [(V(s) - V(root)) + (V(s) - V(parent(s)))] / sqrt(|leaves(s)|)
 
-and each segment is one training row (context = prompt + the response before it, target = its tokens,
-advantage R(s)), so every generated token is trained exactly once. ``fork_selection="entropy"`` picks
+and, by default (``tree_weighting="paths"``, TreeRL's), each root-to-leaf path is one training row
+(context = the prompt, target = the leaf's whole response, each token with the R(s) of its segment),
+so a segment shared by |leaves(s)| leaves is trained once per leaf under it: its total weight is
+|leaves(s)| * R(s) = sqrt(|leaves(s)|) * [(V(s) - V(root)) + (V(s) - V(parent(s)))].
+``tree_weighting="segments"`` (this library's earlier behaviour) makes each segment one row instead
+(context = prompt + the response before it, target = its tokens, advantage R(s)): every generated
+token is trained exactly once and a shared segment weighs (GA + LA) / sqrt(|leaves(s)|), i.e.
+1 / |leaves(s)| of the paper's weight. ``fork_selection="entropy"`` picks
 the N tokens with the highest surprisal -log p(sampled token) (EPTree); ``"uniform"`` picks N allowed
 positions uniformly at random (the same tree budget: isolates *where* to branch from *how much*).
+
+The uniform tree's "same budget" is **equal rollouts**, not equal tokens: the same (M, N, L, T), so the
+same number of root chains and branches per prompt, but branches forked at other depths generate
+other numbers of tokens. Both trainers log
+``tree/generated_tokens_per_prompt`` and ``budget/generated_tokens`` so the token budgets can be
+compared; compare strategies on the equal-generated-tokens protocol (docs/methods.md §5) to match tokens.
 
 Deviations from the paper (docs/methods.md §4):
 - ``group_size`` is not used: the M = ``tree_chains`` root chains are the roots of each prompt (a
@@ -29,9 +41,8 @@ Deviations from the paper (docs/methods.md §4):
 - Stop words are matched, case-insensitively, in the concatenation of per-token decodes (a per-id
   text table), which equals the decoded text for character and byte-level codecs and approximates it
   for tokenizers whose decode merges pieces (SentencePiece spaces).
-- Each segment is trained once as its own row, not once per root-to-leaf path through it; with
-  token-mean aggregation a shared segment therefore weighs 1 / sqrt(|leaves|) of a leaf-path
-  implementation's |leaves| / sqrt(|leaves|).
+- ``tree_weighting="paths"`` (default) is the paper's weighting; ``"segments"`` keeps the earlier
+  one-row-per-segment weighting as a named option (its shared segments count |leaves| times less).
 - Node values use the env's reward (binary for the shipped verifiers); unscorable leaves (nan) count
   as 0. Branches are scored as root rollouts are (no truncated-is-failure rule).
 - ``dynamic_sampling="drop"`` drops every segment of a tree whose leaves all have the same reward;
@@ -59,6 +70,9 @@ FORK_RNG_SALT = 23
 ForkSelection = Literal["entropy", "uniform"]
 """How fork positions are chosen: highest surprisal (TreeRL's EPTree) or uniformly at random."""
 
+TreeWeighting = Literal["paths", "segments"]
+"""Training rows of a tree: one per root-to-leaf path (TreeRL) or one per segment (each token once)."""
+
 
 @dataclass(kw_only=True)
 class TreeConfig(GRPOConfig):
@@ -83,6 +97,8 @@ class TreeConfig(GRPOConfig):
     """Never fork in the last this many tokens of a response (TreeRL: 10)."""
     stop_words: tuple[str, ...] = ("answer", "conclusion")
     """Never fork at or after the first token whose cumulative response text contains one of these (case-insensitive)."""
+    tree_weighting: TreeWeighting = "paths"
+    """"paths": one row per root-to-leaf path, a segment shared by |L| leaves weighs sqrt(|L|)(GA+LA) (TreeRL); "segments": one row per segment, weight (GA+LA)/sqrt(|L|) (every token trained once)."""
 
     def _value_checks(self) -> list[tuple[bool, str, str, str]]:
         return super()._value_checks() + [
@@ -94,6 +110,8 @@ class TreeConfig(GRPOConfig):
             (self.skip_last_tokens >= 0, "skip_last_tokens", ">= 0", "TreeRL skips the last 10 tokens."),
             (all(w.strip() for w in self.stop_words), "stop_words", "to hold non-empty words",
              'Use e.g. ("answer", "conclusion"), or () for none.'),
+            (self.tree_weighting in ("paths", "segments"), "tree_weighting", 'in ("paths", "segments")',
+             '"paths" is TreeRL\'s weighting; "segments" trains each segment once.'),
             (self.dynamic_sampling != "refill", "dynamic_sampling", 'to be "off" or "drop" for tree strategies',
              'Refilling whole trees is not supported; "drop" removes trees whose leaves all agree.'),
         ]
@@ -354,6 +372,36 @@ def segment_samples(tree: SegmentTree, paths: Sequence[TreePath], advantages: np
                         np.full(len(tree), GLOBAL_STREAM, dtype=np.int64))
 
 
+def path_samples(tree: SegmentTree, paths: Sequence[TreePath], advantages: npt.NDArray[np.float64]) -> TrainSamples:
+    """One row per root-to-leaf path: context = the prompt, target = the leaf's response, and each
+    token the advantage R(s) of the segment it lies in (TreeRL's rows).
+
+    Args:
+        tree: One prompt's tree over ``paths`` (sequence ``i`` of the tree is ``paths[i]``).
+        paths: The prompt's sequences (leaves).
+        advantages: (K,) R(s) of every segment.
+
+    Returns:
+        Samples with ``token_advantages`` set; ``advantages`` holds each row's token mean of them.
+    """
+    contexts, targets, token_adv = [], [], []
+    for i, path in enumerate(paths):
+        response = path.response
+        adv = np.full(response.shape[0], np.nan, dtype=np.float64)
+        node = int(tree.leaf_node[i])
+        while node >= 0:  # the leaf's segment and every ancestor segment: they tile [0, len)
+            adv[tree.start[node]:tree.end[node]] = advantages[node]
+            node = int(tree.parent[node])
+        if np.isnan(adv).any():
+            raise AssertionError(f"Path {i}'s segments do not cover its response; the tree is inconsistent.")
+        contexts.append(np.asarray(path.batch.prompt_ids[path.row], dtype=np.int64))
+        targets.append(response)
+        token_adv.append(adv.astype(np.float32))
+    means = np.array([a.mean() if a.size else 0.0 for a in token_adv], dtype=np.float32)
+    return TrainSamples(contexts, targets, means, np.full(len(paths), GLOBAL_STREAM, dtype=np.int64),
+                        token_advantages=token_adv)
+
+
 @dataclass
 class TreeRollouts(Rollouts):
     """The root chains (``roots[0]``) plus every sequence of the step's trees, the forks and their branches."""
@@ -415,7 +463,7 @@ class TreeRLTrainer(GRPOTrainer):
         return TreeRollouts([roots], [signal], metrics, paths, forks, branches)
 
     def compute_advantages(self, rollouts: Rollouts) -> tuple[TrainSamples, dict[str, float]]:
-        """One row per segment of every prompt's tree, with advantage R(s) (:meth:`tree_samples`)."""
+        """Every prompt's tree as rows with advantages R(s) (:meth:`tree_samples`; per path or per segment)."""
         if not isinstance(rollouts, TreeRollouts):
             raise TypeError(f"Expected the TreeRollouts of TreeRLTrainer.collect, got {type(rollouts).__name__}.")
         return self.tree_samples(rollouts.paths)
@@ -468,12 +516,14 @@ class TreeRLTrainer(GRPOTrainer):
         return self.branch(states, cfg.tree_branches, reserve=most)
 
     def tree_samples(self, paths: Sequence[TreePath]) -> tuple[TrainSamples, dict[str, float]]:
-        """One row per segment of every prompt's tree, advantage R(s); drops all-agreeing trees if asked."""
+        """Every prompt's tree as rows (per path or per segment, ``tree_weighting``) with advantages R(s);
+        drops all-agreeing trees if asked."""
         by_group: dict[int, list[int]] = {}
         for i, path in enumerate(paths):
             by_group.setdefault(path.group, []).append(i)
         parts: list[TrainSamples] = []
         zero_var, leaves_per_prompt = [], []
+        segments = 0
         for members in by_group.values():
             local = {g: k for k, g in enumerate(members)}
             group = [paths[i] for i in members]
@@ -482,23 +532,30 @@ class TreeRLTrainer(GRPOTrainer):
             rewards = np.array([p.reward for p in group])
             values, leaves = node_values(tree, rewards)
             adv = segment_advantages(values, leaves, tree.parent, float(rewards.mean()))
+            segments += len(tree)
             zero_var.append(bool(np.all(rewards == rewards[0])))
             leaves_per_prompt.append(len(group))
             if zero_var[-1] and self.config.dynamic_sampling == "drop":
                 continue
-            parts.append(segment_samples(tree, group, adv))
+            rows = path_samples if self.config.tree_weighting == "paths" else segment_samples
+            parts.append(rows(tree, group, adv))
         samples = TrainSamples.concat(parts)
         lengths = [len(t) for t in samples.targets]
         correct = [p.batch.correct[p.row] is True for p in paths]
+        token_adv = np.concatenate([samples.row_token_advantages(i) for i in range(len(samples))]
+                                   ) if len(samples) else np.zeros(0)
+        generated = sum(len(p.batch.new_ids[p.row]) for p in paths)
         metrics = {
+            "tree/generated_tokens_per_prompt": float(generated) / max(len(by_group), 1),
+            "tree/trained_rows": float(len(samples)),
             "tree/leaves_per_prompt": float(np.mean(leaves_per_prompt)),
             "tree/leaf_accuracy": float(np.mean(correct)),
             "tree/leaf_reward_mean": float(np.mean([p.reward for p in paths])),
             "tree/zero_variance_fraction": float(np.mean(zero_var)),
-            "tree/segments": float(len(samples)),
-            "tree/segment_length_mean": float(np.mean(lengths)) if lengths else 0.0,
+            "tree/segments": float(segments),
+            "tree/row_length_mean": float(np.mean(lengths)) if lengths else 0.0,
             "adv/global_count": float(len(samples)),
-            "adv/global_abs_mean": float(np.abs(samples.advantages).mean()) if len(samples) else 0.0,
+            "adv/global_abs_mean": float(np.abs(token_adv).mean()) if token_adv.size else 0.0,
         }
         return samples, metrics
 
@@ -563,6 +620,7 @@ __all__ = [
     "allowed_forks",
     "build_tree",
     "node_values",
+    "path_samples",
     "segment_advantages",
     "segment_samples",
     "select_forks",

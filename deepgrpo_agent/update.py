@@ -58,12 +58,14 @@ class _Parts:
     settings: UpdateSettings
     weights: dict[int, float]
     device: torch.device
+    vocab_size: int | None
 
 
 def _scores(model: torch.nn.Module, samples: TrainSamples, idx: np.ndarray, device: torch.device,
-            temperature: float, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+            temperature: float, pad_id: int, vocab_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     batch = pack([samples.contexts[i] for i in idx], [samples.targets[i] for i in idx], device, pad_id)
-    return token_logprobs(model, batch, _row_temperatures(samples, idx, temperature, device)), batch.mask
+    temps = _row_temperatures(samples, idx, temperature, device)
+    return token_logprobs(model, batch, temps, vocab_size=vocab_size), batch.mask
 
 
 def _row_temperatures(
@@ -76,6 +78,17 @@ def _row_temperatures(
     return torch.as_tensor(temps, dtype=torch.float32, device=device)  # (b,)
 
 
+def _advantages(samples: TrainSamples, idx: np.ndarray, width: int, device: torch.device) -> torch.Tensor:
+    """The rows' advantages: (b,) broadcast to their tokens, or (b, T) when rows carry per-token ones."""
+    if samples.token_advantages is None:
+        return torch.as_tensor(samples.advantages[idx], dtype=torch.float32, device=device)  # (b,)
+    out = np.zeros((len(idx), width), dtype=np.float32)  # (b, T); padding positions are masked anyway
+    for r, i in enumerate(idx):
+        a = samples.row_token_advantages(int(i))
+        out[r, : a.shape[0]] = a
+    return torch.from_numpy(out).to(device)
+
+
 def policy_update(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -86,6 +99,7 @@ def policy_update(
     stream_weights: dict[int, float],
     ref_model: torch.nn.Module | None = None,
     device: torch.device | None = None,
+    vocab_size: int | None = None,
 ) -> dict[str, float]:
     """Runs ``settings.ppo_epochs`` optimizer steps on ``samples`` and returns loss metrics.
 
@@ -102,6 +116,8 @@ def policy_update(
         stream_weights: Loss weight of each stream id.
         ref_model: Frozen reference policy for the k3 KL term (needed when ``settings.kl_coef`` > 0).
         device: Where to run; default: the model's first parameter's device.
+        vocab_size: The one vocabulary the engine sampled from; logits past it (a padded head) are
+            dropped before every softmax (:func:`~deepgrpo_agent.scoring.restrict_vocab`). None = all.
     """
     n = len(samples)
     if n == 0 or all(len(t) == 0 for t in samples.targets):
@@ -109,12 +125,12 @@ def policy_update(
     if settings.kl_coef > 0 and ref_model is None:
         raise ValueError(f"Expected a `ref_model` with kl_coef={settings.kl_coef} > 0, got None.")
     device = device if device is not None else next(model.parameters()).device
-    parts = _Parts(model, ref_model if settings.kl_coef > 0 else None, settings, stream_weights, device)
+    parts = _Parts(model, ref_model if settings.kl_coef > 0 else None, settings, stream_weights, device, vocab_size)
     # Rows with advantage exactly 0 have a per-token loss of exactly 0 (for any ratio) and, without
     # KL, no gradient: skip their forward/backward but keep their tokens in the denominators, so the
     # update is the same as computing them (zero-variance groups are common early in training).
     skip = settings.skip_zero_advantage_rows and parts.ref_model is None
-    needed = np.flatnonzero(samples.advantages != 0) if skip else np.arange(n)
+    needed = np.flatnonzero(samples.has_signal()) if skip else np.arange(n)
     lengths = [len(samples.contexts[i]) + len(samples.targets[i]) for i in needed]
     groups = [needed[g] for g in micro_batches(len(needed), settings.micro_batch_size, lengths)]
     denominators = _stream_denominators(parts, samples)
@@ -150,9 +166,9 @@ def _frozen_logprobs(
     with torch.no_grad():
         for k, idx in enumerate(groups):
             if cfg.ppo_epochs > 1:
-                old[k] = _scores(parts.model, samples, idx, device, cfg.temperature, 0)[0]
+                old[k] = _scores(parts.model, samples, idx, device, cfg.temperature, 0, parts.vocab_size)[0]
             if parts.ref_model is not None:
-                ref[k] = _scores(parts.ref_model, samples, idx, device, cfg.temperature, 0)[0]
+                ref[k] = _scores(parts.ref_model, samples, idx, device, cfg.temperature, 0, parts.vocab_size)[0]
     return old, ref
 
 
@@ -173,8 +189,8 @@ def _one_epoch(
     sums = {"total": 0.0, "clip_fraction": 0.0, "kl": 0.0, "tokens": 0.0, "processed": 0.0}
     stream_sums = {s: 0.0 for s in denominators}
     for k, idx in enumerate(groups):
-        logp, mask = _scores(model, samples, idx, device, cfg.temperature, 0)  # (b, T)
-        adv = torch.as_tensor(samples.advantages[idx], dtype=torch.float32, device=device)  # (b,)
+        logp, mask = _scores(model, samples, idx, device, cfg.temperature, 0, parts.vocab_size)  # (b, T)
+        adv = _advantages(samples, idx, logp.shape[1], device)  # (b,) or per token (b, T)
         per_token, clipped = clipped_policy_loss(
             logp, old.get(k, logp.detach()), adv, eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high,
             dual_clip=cfg.dual_clip,

@@ -13,6 +13,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from deepgrpo_agent.engine.protocol import SamplingParams
+from deepgrpo_agent.scoring import restrict_vocab
 
 __all__ = ["HFDecodeSession", "HFEngine"]
 
@@ -28,9 +29,11 @@ class HFEngine:
     Args:
         model: A transformers causal LM (``AutoModelForCausalLM``-style: takes ``input_ids``,
             ``attention_mask``, ``position_ids``, ``past_key_values``; returns ``.logits``).
-        vocab_size: Size of the action space; logits of ids ``>= vocab_size`` are never sampled (a
-            model's embedding matrix is often padded past its tokenizer). Defaults to the model's
-            output size.
+        vocab_size: Size of the action space; logits of ids ``>= vocab_size`` are dropped before the
+            softmax (:func:`~deepgrpo_agent.scoring.restrict_vocab`), so they are never sampled and
+            log-probs and entropies are those of the distribution over ids ``< vocab_size``, the
+            one the loss scores (a model's embedding matrix is often padded past its tokenizer).
+            Defaults to the model's output size.
         device: Where input tensors are placed; defaults to the device of the model's parameters.
             The engine never moves the model.
         compact_threshold: Drop ended rows from the KV cache once they make up at least this fraction
@@ -127,7 +130,7 @@ class HFEngine:
                 use_cache=True,
                 **kwargs,
             )
-            logits = out.logits[:, -1, : self.vocab_size].float()
+            logits = restrict_vocab(out.logits[:, -1], self.vocab_size).float()  # (B, V)
             lengths_t = torch.from_numpy(lengths).to(dev)
             if repeat > 1:
                 # Branching: the prefix is computed once and its cache rows are copied, never re-decoded.
@@ -315,7 +318,7 @@ class HFDecodeSession:
                 use_cache=True,
             )
             self._positions += alive_t
-            self._logits = out.logits[:, -1, : self.engine.vocab_size].float()
+            self._logits = restrict_vocab(out.logits[:, -1], self.engine.vocab_size).float()  # (B, V)
 
     def _compact(self, alive: npt.NDArray[np.bool_]) -> None:
         keep = torch.from_numpy(np.flatnonzero(alive)).to(self._device)

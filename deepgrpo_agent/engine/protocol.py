@@ -62,7 +62,18 @@ class DecodeSession(Protocol):
 
 
 class Engine(Protocol):
-    """A generation backend (transformers today; vLLM later)."""
+    """A generation backend (transformers today; vLLM later).
+
+    Attributes:
+        vocab_size: The action space: token ids ``0 .. vocab_size - 1`` (the env's
+            ``single_action_space.n``, the trainer's ``vocab_size``). Logits of ids ``>= vocab_size``
+            (a padded output head) are excluded before the softmax, as
+            :func:`deepgrpo_agent.scoring.restrict_vocab` does: never sampled, and log-probs and
+            entropies are those of the distribution over ids ``< vocab_size``, which is what the loss
+            scores. Every engine must apply this same rule.
+    """
+
+    vocab_size: int
 
     def start(
         self,

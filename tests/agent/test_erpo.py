@@ -228,3 +228,37 @@ def test_config_validation(tmp_path):
         ERPOConfig(erpo_reset="sometimes")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="ERPOConfig"):
         ERPOTrainer(tiny_config(tmp_path), model=tiny_model(VOCAB))  # type: ignore[arg-type]
+
+
+def test_a_prompt_drawn_twice_in_one_step_is_one_visit(tmp_path, monkeypatch):
+    """At an epoch boundary a step can draw one problem twice: the tracker moves once (by one ΔT), not twice."""
+    config = erpo_config(tmp_path, env_kwargs={**tiny_config(tmp_path).env_kwargs, "verifier": always_one})
+    trainer = ERPOTrainer(config, model=tiny_model(VOCAB))
+    source = trainer.env.unwrapped.core.source
+    twice = np.array([3, 3])
+    monkeypatch.setattr(trainer, "next_problems", lambda count: twice[:count])
+    samples, metrics = trainer.collect_samples()
+    np.testing.assert_allclose(samples.temperatures, 1.0)  # both groups sampled at the step's temperature
+    pid = source.problem(3).id
+    assert trainer.tracker.level(pid) == 1 and trainer.tracker.temperature(pid) == pytest.approx(1.1)
+    assert trainer.tracker.history(pid) == ("all-correct",)
+    assert metrics["erpo/raised_prompts"] == 1 and metrics["erpo/tracked_prompts"] == 1
+
+
+def test_one_visit_pools_the_groups_of_a_prompt_and_refill_rounds(tmp_path, monkeypatch):
+    # The union of an all-correct and a mixed group is mixed: the level decays from 1 to 0.
+    config = erpo_config(tmp_path, dynamic_sampling="refill", max_refill_rounds=2,
+                         env_kwargs={**tiny_config(tmp_path).env_kwargs, "verifier": always_one})
+    trainer = ERPOTrainer(config, model=tiny_model(VOCAB))
+    trainer.tracker.update("p", C)
+    trainer.record_visits({"p": [np.array(C), np.array(M)]})
+    assert trainer.tracker.level("p") == 0 and trainer.tracker.history("p") == ("all-correct", "mixed")
+    # Refill rounds re-draw the same problems (all-correct, no signal): 3 rounds, still one visit each.
+    first = trainer.next_problems(2)
+    monkeypatch.setattr(trainer, "next_problems", lambda count: first[:count])
+    _, metrics = trainer.collect_samples()
+    assert metrics["rollout/refill_rounds"] == 2 and trainer.budget.root_rollouts == 3 * 8
+    source = trainer.env.unwrapped.core.source
+    for i in first:
+        assert trainer.tracker.history(source.problem(int(i)).id) == ("all-correct",)
+        assert trainer.tracker.level(source.problem(int(i)).id) == 1

@@ -118,3 +118,18 @@ def test_fit_logistic_matches_l2_optimum():
     p = 1 / (1 + np.exp(-(w * x + b)))
     grad = np.array([w + np.sum((p - y) * x), np.sum(p - y)])  # stationarity of 0.5 w^2 + sum logloss
     np.testing.assert_allclose(grad, 0.0, atol=1e-8)
+
+
+def test_recoverability_refits_only_past_ten_samples_of_each_class():
+    """methods.md §2: P_phi = 1 until the buffer holds more than 10 samples of both classes."""
+    phi = Recoverability()
+    phi.add([0.2] * 10, [True] * 10)
+    phi.add([0.8] * 10, [False] * 10)
+    assert not phi.fitted  # exactly 10 of each: not yet
+    np.testing.assert_array_equal(phi(np.array([0.2, 0.8])), [1.0, 1.0])
+    phi.add([0.2], [True])
+    assert not phi.fitted  # 11 successes, 10 failures
+    phi.add([0.8], [False])
+    assert phi.fitted and phi.w is not None and phi.w < 0  # deeper pivots fail here: P falls with r
+    p = phi(np.array([0.2, 0.8]))
+    assert p[0] > 0.5 > p[1]

@@ -62,19 +62,100 @@ def test_micro_batching_does_not_change_the_update(tmp_path):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("aggregation", ["token-mean", "sequence-mean", "dr-grpo"])
-def test_aggregations_and_multi_epoch_run(tmp_path, aggregation):
-    trainer = trainer_for(tmp_path, loss_aggregation=aggregation, ppo_epochs=2, advantage_scale="group")
-    metrics = trainer.train()
-    assert torch.isfinite(torch.tensor(metrics["loss/total"]))
-    assert 0.0 <= metrics["loss/clip_fraction"] <= 1.0
+def fixed_samples():
+    import numpy as np
+
+    from deepgrpo_agent.trainer import TrainSamples
+
+    rng = np.random.default_rng(1)
+    return TrainSamples(
+        contexts=[rng.integers(2, VOCAB, size=4) for _ in range(4)],
+        targets=[rng.integers(2, VOCAB, size=n) for n in (3, 1, 2, 4)],
+        advantages=np.array([0.5, -1.0, 0.25, -0.5], dtype=np.float32),
+        streams=np.zeros(4, dtype=np.int64),
+    )
 
 
-def test_kl_to_frozen_reference(tmp_path):
+def direct_logprobs(model, samples) -> list[torch.Tensor]:
+    """log pi(target_t | context, target_<t) of every row from one plain forward pass each (the reference)."""
+    import numpy as np
+
+    out = []
+    with torch.no_grad():
+        for c, t in zip(samples.contexts, samples.targets):
+            ids = torch.from_numpy(np.concatenate([c, t]))[None]
+            logp = model(ids).logits[0, len(c) - 1 : -1].float().log_softmax(-1)
+            out.append(logp.gather(1, torch.from_numpy(t)[:, None])[:, 0])
+    return out
+
+
+@pytest.mark.parametrize(("aggregation", "expected"), [
+    # At ratio 1 every token's loss is -A; lengths (3, 1, 2, 4), advantages (0.5, -1, 0.25, -0.5).
+    ("token-mean", -(0.5 * 3 - 1.0 * 1 + 0.25 * 2 - 0.5 * 4) / 10),
+    ("sequence-mean", -(0.5 - 1.0 + 0.25 - 0.5) / 4),
+    ("dr-grpo", -(0.5 * 3 - 1.0 * 1 + 0.25 * 2 - 0.5 * 4) / (4 * 8)),  # B x max_new_tokens
+])
+def test_aggregations_against_hand_computed_losses(tmp_path, aggregation, expected):
+
+    trainer = trainer_for(tmp_path, loss_aggregation=aggregation)
+    metrics = trainer.update(fixed_samples())
+    assert metrics["loss/total"] == pytest.approx(expected, abs=1e-6)
+    assert metrics["loss/clip_fraction"] == 0.0 and metrics["train/trained_tokens"] == 10
+
+
+def test_second_epoch_is_clipped_as_the_formula_says(tmp_path, monkeypatch):
+    """ppo_epochs = 2: the second epoch's loss and clip fraction against the clipped surrogate by hand."""
+    from deepgrpo_agent import update
+
+    trainer = trainer_for(tmp_path, ppo_epochs=2, learning_rate=0.05, clip_eps_low=0.1, clip_eps_high=0.1)
+    samples = fixed_samples()
+    old = direct_logprobs(trainer.model, samples)
+    seen: list[torch.Tensor] = []  # the log-probs each epoch scored (epoch 2: after the first step)
+    real = update.clipped_policy_loss
+    monkeypatch.setattr(update, "clipped_policy_loss",
+                        lambda logp, o, a, **kw: seen.append(logp.detach()) or real(logp, o, a, **kw))
+    metrics = trainer.update(samples)  # the returned metrics are the last epoch's
+    assert len(seen) == 2  # one micro-batch per epoch
+    order = update.micro_batches(4, 8, [len(c) + len(t) for c, t in zip(samples.contexts, samples.targets)])[0]
+    total, clipped, tokens = 0.0, 0, 0
+    for r, i in enumerate(order):
+        n = len(samples.targets[i])
+        rho = torch.exp(seen[1][r, :n] - old[i])
+        a = float(samples.advantages[i])
+        loss = torch.maximum(-a * rho, -a * rho.clamp(0.9, 1.1))
+        total += float(loss.sum())
+        clipped += int((((a > 0) & (rho > 1.1)) | ((a < 0) & (rho < 0.9))).sum())
+        tokens += n
+    assert metrics["loss/total"] == pytest.approx(total / tokens, abs=1e-5)
+    assert metrics["loss/clip_fraction"] == pytest.approx(clipped / tokens, abs=1e-6)
+    assert 0 < clipped < tokens  # the learning rate is set so that some tokens are clipped, not all
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5])
+def test_kl_to_frozen_reference_enters_the_loss_with_its_coefficient(tmp_path, beta):
+    """L = tokenmean(-A + beta * k3) at ratio 1, with k3 = exp(ref - logp) - (ref - logp) - 1 by hand."""
+
+    trainer = trainer_for(tmp_path, kl_coef=beta)
+    with torch.no_grad():  # move the policy away from the reference so that the KL is not 0
+        for p in trainer.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    samples = fixed_samples()
+    logp, ref = direct_logprobs(trainer.model, samples), direct_logprobs(trainer.ref_model, samples)
+    k3 = [torch.exp(r - lp) - (r - lp) - 1 for lp, r in zip(logp, ref)]
+    kl_sum = float(sum(k.sum() for k in k3))
+    pg_sum = -float(sum(a * len(t) for a, t in zip(samples.advantages, samples.targets)))
+    ref_before = [p.detach().clone() for p in trainer.ref_model.parameters()]
+    metrics = trainer.update(samples)
+    assert kl_sum > 1e-3
+    assert metrics["loss/kl"] == pytest.approx(kl_sum / 10, rel=1e-4)
+    assert metrics["loss/total"] == pytest.approx((pg_sum + beta * kl_sum) / 10, rel=1e-4, abs=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(ref_before, trainer.ref_model.parameters()))
+
+
+def test_kl_run_keeps_the_reference_frozen(tmp_path):
     trainer = trainer_for(tmp_path, kl_coef=0.1, total_steps=2)
     ref_before = [p.detach().clone() for p in trainer.ref_model.parameters()]
-    metrics = trainer.train()
-    assert metrics["loss/kl"] >= 0.0
+    trainer.train()
     assert all(torch.equal(a, b) for a, b in zip(ref_before, trainer.ref_model.parameters()))
 
 

@@ -164,7 +164,7 @@ def test_build_tree_rejects_inconsistent_forks():
 
 
 def test_segments_partition_every_leaf_and_branches_start_before_the_fork(tmp_path):
-    trainer = TreeRLTrainer(tree_config(tmp_path, tree_rounds=2), model=tiny_model(VOCAB))
+    trainer = TreeRLTrainer(tree_config(tmp_path, tree_rounds=2, tree_weighting="segments"), model=tiny_model(VOCAB))
     seen: dict[str, list] = {}
     original = trainer.tree_samples
 
@@ -235,10 +235,11 @@ def test_round_one_forks_at_most_n_per_chain_and_only_allowed_positions(tmp_path
         assert surprisal[f.depth] >= np.sort(surprisal[allowed])[-per_chain[f.path]] - 1e-6
 
 
-@pytest.mark.parametrize("algo", ["treerl", "uniform-tree"])
-def test_two_step_smoke_run(tmp_path, algo):
+@pytest.mark.parametrize(("algo", "weighting"), [("treerl", "paths"), ("uniform-tree", "segments")])
+def test_two_step_smoke_run(tmp_path, algo, weighting):
     cls, trainer_cls = (TreeConfig, TreeRLTrainer) if algo == "treerl" else (UniformTreeConfig, UniformTreeTrainer)
-    trainer = trainer_cls(tree_config(tmp_path, cls=cls, total_steps=2, save_every=1), model=tiny_model(VOCAB))
+    trainer = trainer_cls(tree_config(tmp_path, cls=cls, total_steps=2, save_every=1, tree_weighting=weighting),
+                          model=tiny_model(VOCAB))
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     metrics = trainer.train()
     assert trainer.step == 2 and math.isfinite(metrics["loss/total"])
@@ -249,7 +250,10 @@ def test_two_step_smoke_run(tmp_path, algo):
                 "pivot/unrecoverable_fraction", "pivot/branch_generated_tokens", "rollout/entropy"):
         assert key in metrics
     assert sum(metrics[f"pivot/ratio_hist_{i}"] for i in range(5)) == metrics["tree/forks"] > 0
-    assert metrics["budget/generated_tokens"] == metrics["budget/trained_tokens"]  # every token trained once
+    if weighting == "segments":
+        assert metrics["budget/generated_tokens"] == metrics["budget/trained_tokens"]  # every token trained once
+    else:  # every path's whole response is a row: shared prefixes are trained once per leaf
+        assert metrics["budget/trained_tokens"] > metrics["budget/generated_tokens"]
     resumed = trainer_cls(tree_config(tmp_path, cls=cls, total_steps=3, resume=True), model=tiny_model(VOCAB))
     assert resumed.step == 2
     assert resumed.fork_rng.bit_generator.state == trainer.fork_rng.bit_generator.state
@@ -279,3 +283,125 @@ def test_tree_config_validation(tmp_path):
     with pytest.raises(ValueError, match="uniform"):
         UniformTreeTrainer(tree_config(tmp_path), model=tiny_model(VOCAB))
     assert isinstance(tree_config(tmp_path), GRPOConfig)
+
+
+# -- path weighting (TreeRL's rows) and the trainer's advantages on a fixed tree ----------------------------
+
+
+def fixed_tree_paths():
+    """The one-level tree of test_one_level_tree_values_and_advantages as TreePaths of one prompt.
+
+    Chain 0 (10 tokens, reward 0) forked at 4 into branches 2 (9 tokens) and 3 (12 tokens), reward 1
+    each; chain 1 (8 tokens, reward 1) is not forked. Token ids are 2 + response position (+ 20 for
+    the branches' own tokens) so rows can be read back.
+    """
+    from deepgrpo_agent.rollout import RolloutBatch
+    from deepgrpo_agent.tree import TreePath
+
+    def batch(prefixes, news, rewards):
+        n = len(news)
+        return RolloutBatch(
+            problem_index=np.zeros(n, np.int64), problem_id=["p"] * n, group=np.zeros(n, np.int64),
+            prompt_ids=[np.array([40, 41])] * n, prefix_ids=prefixes, new_ids=news,
+            logprobs=[np.zeros(len(x), np.float32) for x in news], entropies=[np.zeros(len(x), np.float32) for x in news],
+            rewards=np.array(rewards, np.float64), correct=np.array([r > 0 for r in rewards], dtype=object),
+            grade_status=["ok"] * n, terminated=np.ones(n, bool), truncated=np.zeros(n, bool),
+            generated_tokens=sum(len(x) for x in news), prefilled_tokens=0,
+        )
+
+    empty = np.zeros(0, np.int64)
+    roots = batch([empty, empty], [2 + np.arange(10), 2 + np.arange(8)], [0.0, 1.0])
+    shared = 2 + np.arange(4)
+    branches = batch([shared, shared], [22 + np.arange(4, 9), 22 + np.arange(4, 12)], [1.0, 1.0])
+    return [TreePath(0, 0, -1, 0, roots, 0), TreePath(0, 1, -1, 0, roots, 1),
+            TreePath(0, 0, 0, 4, branches, 0), TreePath(0, 0, 0, 4, branches, 1)]
+
+
+# R(s) by hand, V(root) = 3/4: the shared segment [0, 4) of chain 0 has V = 2/3 over 3 leaves.
+A_SHARED = 2 * (2 / 3 - 3 / 4) / math.sqrt(3)
+A_CHAIN0_TAIL = (0 - 3 / 4) + (0 - 2 / 3)
+A_CHAIN1 = 2 * (1 - 3 / 4)
+A_BRANCH = (1 - 3 / 4) + (1 - 2 / 3)
+
+
+@pytest.mark.parametrize("weighting", ["paths", "segments"])
+def test_trainer_advantages_on_a_fixed_tree(tmp_path, weighting):
+    """End to end through TreeRLTrainer.tree_samples: rows, per-token advantages and total weights."""
+    trainer = TreeRLTrainer(tree_config(tmp_path, tree_weighting=weighting), model=tiny_model(VOCAB))
+    paths = fixed_tree_paths()
+    samples, metrics = trainer.tree_samples(paths)
+    rows = {(tuple(c), tuple(t)): samples.row_token_advantages(i)
+            for i, (c, t) in enumerate(zip(samples.contexts, samples.targets))}
+    prompt = (40, 41)
+    if weighting == "paths":  # one row per leaf: context = prompt, target = the whole response
+        assert len(samples) == 4 and samples.token_advantages is not None
+        expected = {
+            tuple(2 + np.arange(10)): [A_SHARED] * 4 + [A_CHAIN0_TAIL] * 6,
+            tuple(2 + np.arange(8)): [A_CHAIN1] * 8,
+            tuple(np.r_[2 + np.arange(4), 22 + np.arange(4, 9)]): [A_SHARED] * 4 + [A_BRANCH] * 5,
+            tuple(np.r_[2 + np.arange(4), 22 + np.arange(4, 12)]): [A_SHARED] * 4 + [A_BRANCH] * 8,
+        }
+        assert set(rows) == {(prompt, t) for t in expected}
+        for target, adv in expected.items():
+            np.testing.assert_allclose(rows[(prompt, target)], adv, rtol=1e-6)
+        shared_weight = 3 * A_SHARED  # = sqrt(3) * (GA + LA): the shared tokens are in 3 rows
+    else:  # one row per segment, each token once
+        assert len(samples) == 5 and samples.token_advantages is None
+        expected_seg = {
+            (prompt, tuple(2 + np.arange(4))): A_SHARED,
+            (prompt + tuple(2 + np.arange(4)), tuple(2 + np.arange(4, 10))): A_CHAIN0_TAIL,
+            (prompt, tuple(2 + np.arange(8))): A_CHAIN1,
+            (prompt + tuple(2 + np.arange(4)), tuple(22 + np.arange(4, 9))): A_BRANCH,
+            (prompt + tuple(2 + np.arange(4)), tuple(22 + np.arange(4, 12))): A_BRANCH,
+        }
+        assert set(rows) == set(expected_seg)
+        for key, a in expected_seg.items():
+            np.testing.assert_allclose(rows[key], a, rtol=1e-6)
+        shared_weight = A_SHARED  # = (GA + LA) / sqrt(3)
+    # Total advantage mass on one shared token: sqrt(|L|) * (GA + LA) for paths, / sqrt(|L|) for segments.
+    ga_la = 2 * (2 / 3 - 3 / 4)
+    total = sum(adv[0] for (c, t), adv in rows.items() if len(c) == 2 and t[:1] == (2,) and len(t) != 8)
+    np.testing.assert_allclose(total, shared_weight, rtol=1e-6)
+    np.testing.assert_allclose(shared_weight, ga_la * (math.sqrt(3) if weighting == "paths" else 1 / math.sqrt(3)))
+    assert metrics["tree/generated_tokens_per_prompt"] == 10 + 8 + 5 + 8
+
+
+def test_path_rows_give_the_per_path_token_mean_loss(tmp_path):
+    """The update on path rows equals a hand-written TreeRL loss: token mean over every path's tokens of
+    -A_t * rho_t (ratio 1 at the first epoch), so its gradient is that of -sum A_t log p_t / #tokens."""
+
+    trainer = TreeRLTrainer(tree_config(tmp_path, max_grad_norm=1e9), model=tiny_model(VOCAB))  # no clipping
+    samples, _ = trainer.tree_samples(fixed_tree_paths())
+    trainer.optimizer = torch.optim.SGD(trainer.model.parameters(), lr=1.0)
+    trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, lambda _: 1.0)
+    model = trainer.model
+    model.zero_grad()
+    total_tokens = 10 + 8 + 9 + 12
+    for c, t, i in zip(samples.contexts, samples.targets, range(len(samples))):
+        ids = torch.from_numpy(np.concatenate([c, t]))[None]
+        logp = model(ids).logits[0, len(c) - 1 : -1].float().log_softmax(-1)
+        chosen = logp.gather(1, torch.from_numpy(t)[:, None])[:, 0]
+        (-(torch.from_numpy(samples.row_token_advantages(i)) * chosen).sum() / total_tokens).backward()
+    reference = [p.grad.clone() for p in model.parameters()]
+    before = [p.detach().clone() for p in model.parameters()]
+    metrics = trainer.update(samples)
+    assert metrics["train/trained_tokens"] == total_tokens
+    for p, b, g in zip(model.parameters(), before, reference):
+        torch.testing.assert_close(b - p.detach(), g, rtol=1e-4, atol=1e-6)  # SGD lr 1: the step is the gradient
+
+
+def test_uniform_tree_budget_is_equal_rollouts_and_its_tokens_are_reported(tmp_path):
+    """Same (M, N, L, T) and the same roots: the same root and branch rollouts, not the same tokens."""
+    budgets, metrics = [], []
+    for cls, trainer_cls in ((TreeConfig, TreeRLTrainer), (UniformTreeConfig, UniformTreeTrainer)):
+        trainer = trainer_cls(tree_config(tmp_path / cls.__name__, cls=cls), model=tiny_model(VOCAB))
+        _, m = trainer.collect_samples()
+        budgets.append(trainer.budget)
+        metrics.append(m)
+        assert m["tree/generated_tokens_per_prompt"] * 2 == trainer.budget.generated_tokens  # 2 prompts
+    (entropy, uniform), (m_entropy, m_uniform) = budgets, metrics
+    assert entropy.root_rollouts == uniform.root_rollouts == 2 * 3
+    assert entropy.branch_rollouts == uniform.branch_rollouts > 0
+    assert m_entropy["tree/forks"] == m_uniform["tree/forks"]
+    # The forks sit at other depths, so the branches generate other numbers of tokens.
+    assert m_entropy["pivot/ratio_mean"] != m_uniform["pivot/ratio_mean"]

@@ -127,3 +127,26 @@ def test_bad_input():
         make_vec(2, autoreset_mode="Sometimes")
     with pytest.raises(ValueError, match="num_envs"):
         make_vec(0)
+
+
+def test_restoring_an_ended_state_restores_its_end():
+    """An ended (terminated) snapshot restored: the sub-env is ended, its snapshot equals the state, and in
+    next-step autoreset mode the next step starts a new episode there (as after a real ending)."""
+    venv = make_vec(2, autoreset_mode="Disabled")
+    venv.reset(options={"problem_indices": [4, 4]})
+    venv.step(np.array([5, 5]))
+    _, _, term, _, _ = venv.step(np.array([1, 6]))  # token 1 is the stop token: row 0 terminates
+    assert term[0] and not term[1]
+    [ended] = venv.snapshot(indices=[0])
+    assert ended.terminated and ended.done
+    fresh = make_vec(2, autoreset_mode="Disabled")
+    fresh.reset(seed=3)
+    fresh.reset_to([ended], indices=[1])
+    assert fresh.ended.tolist() == [False, True]
+    assert fresh.snapshot(indices=[1])[0] == ended
+    auto = make_vec(2)  # next-step autoreset
+    auto.reset(seed=3)
+    auto.reset_to([ended], indices=[0])
+    obs, rewards, term, _, info = auto.step(np.array([5, 5]))
+    assert info["_problem_id"][0] and not info["_problem_id"][1]  # row 0 was reset, row 1 stepped
+    assert obs["length"][0, 0] == obs["prompt_length"][0, 0] and rewards[0] == 0.0 and not term[0]
