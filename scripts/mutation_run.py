@@ -198,7 +198,7 @@ MUTANTS: tuple[Mutant, ...] = (
       '        elif outcome == "mixed":\n', ERPO, "all-wrong visits leave the temperature raised"),
     M("erpo-pseudo-sign", "deepgrpo_agent/erpo.py", "            out[scored] = -epsilon\n", "            out[scored] = epsilon\n",
       ERPO, "pseudo-advantage with the wrong sign"),
-    M("erpo-pseudo-kept-zero-var", "deepgrpo_agent/erpo.py", "return samples, zero_var & ~given", "return samples, zero_var",
+    M("erpo-pseudo-kept-zero-var", "deepgrpo_agent/erpo.py", "out: np.ndarray = has_signal | given", "out: np.ndarray = has_signal",
       ERPO, "dynamic sampling drops groups that carry the pseudo-advantage"),
     # -- pivots.py --------------------------------------------------------------------------------
     M("piv-ratio-offset", "deepgrpo_agent/pivots.py", "ratios = (np.arange(depths.shape[0]) + 1.0) / t",
@@ -231,9 +231,9 @@ MUTANTS: tuple[Mutant, ...] = (
     M("upd-vocab-not-passed", "deepgrpo_agent/update.py", "return token_logprobs(model, batch, temps, vocab_size=vocab_size)",
       "return token_logprobs(model, batch, temps)", SCORE, "loss path scores over the padded head"),
     # -- the env's restore path -------------------------------------------------------------------
-    M("env-restore-flags", "deepgrpo_env/core.py", "        self.terminated[row] = state.terminated\n",
+    M("env-restore-flags", "deepgrpo_env/core.py", "        self.terminated[row] = bool(state.terminated)\n",
       "        self.terminated[row] = False\n", ENV, "restore forgets the terminated flag"),
-    M("env-restore-rng", "deepgrpo_env/core.py", "        self.rngs[row] = load_rng(state.rng_state)\n", "", ENV,
+    M("env-restore-rng", "deepgrpo_env/core.py", "        self.rngs[row] = rng\n", "", ENV,
       "restore keeps the current generator"),
     M("env-restore-response", "deepgrpo_env/core.py", "        line[p : p + r] = response\n", "", ENV,
       "restore drops the response tokens"),
@@ -247,8 +247,8 @@ MUTANTS: tuple[Mutant, ...] = (
       "return dataclasses.replace(self, response_ids=view, terminated=False, truncated=False)",
       "return dataclasses.replace(self, response_ids=view)", ENV + ("tests/agent/test_rollout.py",),
       "a prefix state keeps the end flags"),
-    M("env-vector-reset-to-rows", "deepgrpo_env/vector.py", "            self.core.restore(r, state)\n",
-      "            self.core.restore(0, state)\n", ENV, "every state restored into sub-env 0"),
+    M("env-vector-reset-to-rows", "deepgrpo_env/vector.py", "            self.core.restore(r, state, rng)\n",
+      "            self.core.restore(0, state, rng)\n", ENV, "every state restored into sub-env 0"),
 )
 
 EQUIVALENT: dict[str, str] = {
