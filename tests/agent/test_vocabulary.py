@@ -17,6 +17,7 @@ from deepgrpo_agent import GRPOTrainer, update
 from deepgrpo_agent.engine.hf import HFEngine
 from deepgrpo_agent.engine.protocol import SamplingParams
 from deepgrpo_agent.rollout import collect_rollouts
+from deepgrpo_agent.samples import TrainSamples
 from deepgrpo_agent.scoring import pack, restrict_vocab, token_logprobs
 from tests.agent.tiny import tiny_config, tiny_model
 from tests.helpers import TinyCodec
@@ -57,7 +58,7 @@ def test_loss_path_scores_the_distribution_the_engine_sampled(tmp_path, monkeypa
     batch = collect_rollouts(trainer.env, trainer.engine, problems, 4, trainer.sampling(),
                              generator=trainer.generator)
     engine_logp = {(tuple(c), tuple(t)): lp for c, t, lp in zip(batch.prompt_ids, batch.new_ids, batch.logprobs)}
-    samples, _ = trainer.compute_advantages(batch)
+    samples = TrainSamples.from_batch(batch, np.zeros(len(batch), dtype=np.float32))
     samples.advantages[:] = 0.5  # every row is scored (none is skipped as a zero-advantage row)
     seen: list[tuple[str, tuple[int, ...], tuple[int, ...], np.ndarray]] = []
     real = update.token_logprobs
