@@ -185,6 +185,7 @@ class GRPOTrainer:
         )
         self.callbacks: list[Callback] = self._builtin_callbacks() + list(callbacks)
         self.eval_history: list[dict[str, float]] = []
+        self._rollout_pool: Any = None  # Ray rollout workers (config.rollout_workers > 0), started on first use
         if config.resume:
             self._resume()
 
@@ -197,17 +198,53 @@ class GRPOTrainer:
         The vector env is kept between steps and only rebuilt larger when ``len(states) * k`` (or
         ``reserve``, a size known to be needed later) exceeds it; ``temperatures`` is per state.
         """
-        needed = max(len(states) * k, reserve)
-        env = getattr(self, "_branch_env", None)
-        if env is None or env.num_envs < needed:
-            if env is not None:
-                env.close()
-            env = self._branch_env = self._make_env(self.config.env_id, needed, self.config.max_new_tokens)
-        batch = branch_rollouts(env, self.engine, list(states), k, self.sampling(), generator=self.generator,
-                                temperatures=temperatures)
+        pool = self.rollout_pool()
+        if pool is not None:  # Ray rollout workers (docs/ray.md)
+            batch = pool.branches(list(states), k, self.sampling(), self.generator, temperatures)
+        else:
+            needed = max(len(states) * k, reserve)
+            env = getattr(self, "_branch_env", None)
+            if env is None or env.num_envs < needed:
+                if env is not None:
+                    env.close()
+                env = self._branch_env = self._make_env(self.config.env_id, needed, self.config.max_new_tokens)
+            batch = branch_rollouts(env, self.engine, list(states), k, self.sampling(), generator=self.generator,
+                                    temperatures=temperatures)
         self.budget.add(branch_rollouts=len(batch), generated_tokens=batch.generated_tokens,
                         prefilled_tokens=batch.prefilled_tokens)
         return batch
+
+    def rollout_roots(
+        self, problems: np.ndarray, group_size: int, *, temperatures: Sequence[float] | np.ndarray | None = None
+    ) -> RolloutBatch:
+        """``group_size`` root rollouts of each problem (:func:`~deepgrpo_agent.rollout.collect_rollouts`
+        on the trainer's env, or on the Ray rollout workers), counted as root rollouts in the budget."""
+        pool = self.rollout_pool()
+        if pool is not None:  # Ray rollout workers (docs/ray.md)
+            batch = pool.roots(problems, group_size, self.sampling(), self.generator, temperatures)
+        else:
+            batch = collect_rollouts(self.env, self.engine, problems, group_size, self.sampling(),
+                                     generator=self.generator, temperatures=temperatures)
+        self.budget.add(root_rollouts=len(batch), generated_tokens=batch.generated_tokens,
+                        prefilled_tokens=batch.prefilled_tokens)
+        return batch
+
+    def rollout_pool(self) -> Any:
+        """The :class:`~deepgrpo_agent.rollout_workers.RolloutWorkerPool` when ``rollout_workers`` > 0
+        (started on first use, with the current weights), else None."""
+        if self.config.rollout_workers <= 0:
+            return None
+        if self._rollout_pool is None:
+            from deepgrpo_agent.rollout_workers import RolloutWorkerPool
+
+            self._rollout_pool = RolloutWorkerPool.for_trainer(self)
+        return self._rollout_pool
+
+    def close_workers(self) -> None:
+        """Stops the rollout workers, if any (a later rollout starts new ones)."""
+        if self._rollout_pool is not None:
+            self._rollout_pool.close()
+            self._rollout_pool = None
 
     # -- setup ------------------------------------------------------------------------------------
     def _make_env(self, env_id: str, num_envs: int, max_new_tokens: int) -> Any:
@@ -272,10 +309,13 @@ class GRPOTrainer:
         if self.step == 0 and (self.config.eval_every > 0 or self.config.eval_every_tokens > 0):
             self.evaluate(0)
         metrics: dict[str, float] = {}
-        while not self.finished:
-            metrics = self.train_step()
-            for cb in self.callbacks:
-                cb.on_step_end(self, self.step, metrics)
+        try:
+            while not self.finished:
+                metrics = self.train_step()
+                for cb in self.callbacks:
+                    cb.on_step_end(self, self.step, metrics)
+        finally:
+            self.close_workers()
         if hasattr(self.model, "save_pretrained"):
             self.export(self.output_dir / "final_model")
         for cb in self.callbacks:
@@ -326,6 +366,8 @@ class GRPOTrainer:
             "perf/generated_tokens_per_s": gen / max(t1 - t0, 1e-9),
             "train/learning_rate": float(self.scheduler.get_last_lr()[0]),
         })
+        if self._rollout_pool is not None:
+            metrics.update(self._rollout_pool.pop_metrics())
         metrics.update(self.budget.metrics())
         return metrics
 
@@ -364,11 +406,8 @@ class GRPOTrainer:
         while True:
             count = cfg.prompts_per_step - mixed_groups if rounds else cfg.prompts_per_step
             problems = self.next_problems(count)
-            batch = collect_rollouts(self.env, self.engine, problems, cfg.group_size, self.sampling(),
-                                     generator=self.generator, temperatures=self.root_temperatures(problems))
+            batch = self.rollout_roots(problems, cfg.group_size, temperatures=self.root_temperatures(problems))
             batches.append(batch)
-            self.budget.add(root_rollouts=len(batch), generated_tokens=batch.generated_tokens,
-                            prefilled_tokens=batch.prefilled_tokens)
             samples, zero_var = self.compute_advantages(batch)
             if cfg.dynamic_sampling != "off":
                 samples = samples.select(~zero_var)
@@ -412,6 +451,8 @@ class GRPOTrainer:
         metrics = policy_update(self, samples)
         self.budget.add(trained_tokens=int(sum(len(t) for t in samples.targets)) * self.config.ppo_epochs)
         self.engine.sync_weights(self.model)
+        if self._rollout_pool is not None:
+            self._rollout_pool.broadcast(self.model)
         return metrics
 
     # -- metrics ----------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ import numpy as np
 import numpy.typing as npt
 
 from deepgrpo_agent.config import GRPOConfig
-from deepgrpo_agent.rollout import RolloutBatch, collect_rollouts
+from deepgrpo_agent.rollout import RolloutBatch
 from deepgrpo_agent.trainer import GLOBAL_STREAM, GRPOTrainer, TrainSamples
 
 ForkSelection = Literal["entropy", "uniform"]
@@ -375,10 +375,7 @@ class TreeRLTrainer(GRPOTrainer):
         cfg = self.config
         self.model.eval()
         problems = self.next_problems(cfg.prompts_per_step)
-        roots = collect_rollouts(self.env, self.engine, problems, cfg.tree_chains, self.sampling(),
-                                 generator=self.generator)
-        self.budget.add(root_rollouts=len(roots), generated_tokens=roots.generated_tokens,
-                        prefilled_tokens=roots.prefilled_tokens)
+        roots = self.rollout_roots(problems, cfg.tree_chains)
         metrics = self.rollout_metrics([roots])
         paths = [TreePath(int(roots.group[r]), r, -1, 0, roots, r) for r in range(len(roots))]
         frontier = list(range(len(paths)))
