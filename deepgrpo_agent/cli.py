@@ -87,7 +87,7 @@ def cmd_main(argv: Sequence[str]) -> int:
 
 
 def _ray_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = argparse.ArgumentParser(prog="deepgrpo compare", add_help=False, usage="deepgrpo compare [Ray options] [options]")
     ray = parser.add_argument_group("running on Ray (pip install 'deepgrpo[ray]'; docs/ray.md)")
     ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                      help="run every (strategy, seed) as a Ray task: alone or 'local' starts a cluster on this "

@@ -190,8 +190,14 @@ def run_dir(cfg: CompareConfig, strategy: str, seed: int) -> Path:
     return Path(cfg.output_dir) / strategy / f"seed{seed}"
 
 
+_PLACEMENT = {"resume": None, "ray_address": None, "rollout_worker_gpus": 0.0, "rollout_workers": 0}
+"""Fields left out of a run's fingerprint (always ``resume`` and where the work runs; ``rollout_workers``
+when 0), so that run directories written before these fields existed are still recognized."""
+
+
 def _fingerprint(config: Any) -> str:
-    values = {k: v for k, v in to_dict(config).items() if k != "resume"}
+    values = {k: v for k, v in to_dict(config).items()
+              if not (k in _PLACEMENT and (k in ("resume", "ray_address") or v == _PLACEMENT[k]))}
     return hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

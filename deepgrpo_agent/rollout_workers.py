@@ -1,7 +1,7 @@
 """Rollout workers: N Ray actors collect one training run's root rollouts and branches in parallel.
 
 With ``rollout_workers = N > 0`` (a :class:`~deepgrpo_agent.config.GRPOConfig` field) the trainer
-hands each collection call (:meth:`~deepgrpo_agent.trainer.GRPOTrainer.rollout_roots`,
+hands each collection call (:meth:`~deepgrpo_agent.trainer.GRPOTrainer.sample_roots`,
 :meth:`~deepgrpo_agent.trainer.GRPOTrainer.branch`) to a :class:`RolloutWorkerPool` instead of its
 own engine and env. Everything else (advantages, pivots, the update, evaluation, checkpoints) stays
 on the learner. What travels, and when:
@@ -38,7 +38,7 @@ import dataclasses
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +54,7 @@ from deepgrpo_env.state import EnvState
 
 __all__ = [
     "RolloutWorker",
+    "RegistryEnv",
     "RolloutWorkerPool",
     "WorkerSpec",
     "batch_from_data",
@@ -107,7 +108,7 @@ def batch_to_data(batch: RolloutBatch) -> dict[str, Any]:
 def batch_from_data(data: dict[str, Any]) -> RolloutBatch:
     """The inverse of :func:`batch_to_data`; arrays are the receiver's own (writable, as a local batch's),
     not views of the object store's read-only buffers."""
-    values = {k: (np.array(v) if isinstance(v, np.ndarray) else v) for k, v in data.items()}
+    values: dict[str, Any] = {k: (np.array(v) if isinstance(v, np.ndarray) else v) for k, v in data.items()}
     for key in ("new_ids", "logprobs", "entropies"):
         values[key] = [np.array(x) for x in values[key]]
     correct = np.empty(len(values["correct"]), dtype=object)
@@ -199,8 +200,8 @@ class WorkerSpec:
     """What a worker needs to build its model, engine and env (sent once, when it starts).
 
     Attributes:
-        env_id: Registered env id (the learner's).
-        env_kwargs: Env arguments, ``max_response_tokens`` and (MathReasoning) the tokenizer included.
+        make_env: ``make_env(num_envs) -> vector env`` (picklable) building the learner's training env;
+            :class:`RegistryEnv` for a registered id.
         model_config: The learner model's transformers config (``model.config.to_dict()``).
         dtype: Parameter dtype name ("float32", "bfloat16", ...).
         device: Torch device of the worker's engine ("cpu", or "cuda" when the worker has a GPU).
@@ -208,13 +209,29 @@ class WorkerSpec:
         threads: Torch threads of the worker.
     """
 
-    env_id: str
-    env_kwargs: dict[str, Any]
+    make_env: Callable[[int], Any]
     model_config: dict[str, Any]
     dtype: str = "float32"
     device: str = "cpu"
     engine: str = "hf"
     threads: int = 1
+
+
+@dataclass(frozen=True)
+class RegistryEnv:
+    """``make_env(num_envs)`` for a registered id: a native vector env with autoreset disabled, as the
+    trainer builds its own (``env_kwargs`` hold ``max_response_tokens`` and, for MathReasoning, the
+    tokenizer)."""
+
+    env_id: str
+    env_kwargs: dict[str, Any]
+
+    def __call__(self, num_envs: int) -> Any:
+        import gymnasium as gym
+
+        import envs_registry  # noqa: F401  (registers the ids)
+
+        return gym.make_vec(self.env_id, num_envs=num_envs, autoreset_mode="Disabled", copy=False, **self.env_kwargs)
 
 
 def make_engine(kind: str, model: torch.nn.Module, vocab_size: int) -> Engine:
@@ -263,13 +280,10 @@ class RolloutWorker:
         return os.getpid()
 
     def _env(self, needed: int) -> tuple[Any, Engine]:
-        import gymnasium as gym
-
         if self.env is None or self.env.num_envs < needed:
             if self.env is not None:
                 self.env.close()
-            self.env = gym.make_vec(self.spec.env_id, num_envs=needed, autoreset_mode="Disabled", copy=False,
-                                    **self.spec.env_kwargs)
+            self.env = self.spec.make_env(needed)
         if self.engine is None:
             self.engine = make_engine(self.spec.engine, self.model, int(self.env.single_action_space.n))
         return self.env, self.engine
@@ -362,7 +376,7 @@ class RolloutWorkerPool:
             env_kwargs.setdefault("tokenizer", trainer.tokenizer)
         param = next(model.parameters())
         gpus = float(cfg.rollout_worker_gpus)
-        spec = WorkerSpec(env_id=cfg.env_id, env_kwargs=env_kwargs, model_config=hf_config.to_dict(),
+        spec = WorkerSpec(make_env=RegistryEnv(cfg.env_id, env_kwargs), model_config=hf_config.to_dict(),
                           dtype=str(param.dtype).removeprefix("torch."), device="cuda" if gpus > 0 else "cpu",
                           engine=str(getattr(cfg, "engine", "hf")), threads=1)
         pool = cls(spec, cfg.rollout_workers, address=cfg.ray_address, gpus_per_worker=gpus)

@@ -214,16 +214,16 @@ class GRPOTrainer:
                         prefilled_tokens=batch.prefilled_tokens)
         return batch
 
-    def rollout_roots(
-        self, problems: np.ndarray, group_size: int, *, temperatures: Sequence[float] | np.ndarray | None = None
+    def sample_roots(
+        self, problems: np.ndarray, per_prompt: int, temperatures: np.ndarray | None = None
     ) -> RolloutBatch:
-        """``group_size`` root rollouts of each problem (:func:`~deepgrpo_agent.rollout.collect_rollouts`
-        on the trainer's env, or on the Ray rollout workers), counted as root rollouts in the budget."""
+        """``per_prompt`` root rollouts of every problem (:func:`~deepgrpo_agent.rollout.collect_rollouts`
+        on the root env, or on the Ray rollout workers), counted as root rollouts in the budget."""
         pool = self.rollout_pool()
         if pool is not None:  # Ray rollout workers (docs/ray.md)
-            batch = pool.roots(problems, group_size, self.sampling(), self.generator, temperatures)
+            batch = pool.roots(problems, per_prompt, self.sampling(), self.generator, temperatures)
         else:
-            batch = collect_rollouts(self.env, self.engine, problems, group_size, self.sampling(),
+            batch = collect_rollouts(self.env, self.engine, problems, per_prompt, self.sampling(),
                                      generator=self.generator, temperatures=temperatures)
         self.budget.add(root_rollouts=len(batch), generated_tokens=batch.generated_tokens,
                         prefilled_tokens=batch.prefilled_tokens)
@@ -406,7 +406,7 @@ class GRPOTrainer:
         while True:
             count = cfg.prompts_per_step - mixed_groups if rounds else cfg.prompts_per_step
             problems = self.next_problems(count)
-            batch = self.rollout_roots(problems, cfg.group_size, temperatures=self.root_temperatures(problems))
+            batch = self.sample_roots(problems, cfg.group_size, self.root_temperatures(problems))
             batches.append(batch)
             samples, zero_var = self.compute_advantages(batch)
             if cfg.dynamic_sampling != "off":

@@ -375,7 +375,7 @@ class TreeRLTrainer(GRPOTrainer):
         cfg = self.config
         self.model.eval()
         problems = self.next_problems(cfg.prompts_per_step)
-        roots = self.rollout_roots(problems, cfg.tree_chains)
+        roots = self.sample_roots(problems, cfg.tree_chains)
         metrics = self.rollout_metrics([roots])
         paths = [TreePath(int(roots.group[r]), r, -1, 0, roots, r) for r in range(len(roots))]
         frontier = list(range(len(paths)))

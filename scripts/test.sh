@@ -6,4 +6,7 @@ bash scripts/setup.sh
 . .venv/bin/activate
 ruff check deepgrpo_env deepgrpo_agent envs_registry tests benchmarks examples
 mypy deepgrpo_env deepgrpo_agent envs_registry
+# --- ray tier (issue 16): setup.sh installed the extra; the tests marked `ray` run in the suite below.
+[ "${DEEPGRPO_RAY:-1}" = 0 ] || python -c "import ray" || { echo "ray tier: Ray is missing after scripts/setup.sh" >&2; exit 1; }
+# --- end ray tier ---
 python -m pytest -q "$@"
