@@ -88,10 +88,11 @@ def compare(args: argparse.Namespace) -> None:
             env = dict(os.environ)
             if threads is not None:
                 env["OMP_NUM_THREADS"] = threads
-            out = Path(tmp) / name.replace(" ", "_").replace(",", "")
+            out = Path(tmp) / f"case{len(walls)}"
             t0 = time.perf_counter()
-            subprocess.run(base + ["--output-dir", str(out)] + extra, check=True, env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            done = subprocess.run(base + ["--output-dir", str(out)] + extra, env=env, capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"{name} failed ({done.returncode}):\n{done.stderr[-3000:]}")
             walls[name] = (time.perf_counter() - t0, out)
             print(f"  {name}: {walls[name][0]:.1f} s", flush=True)
         ref = walls["local, 1 thread"]
