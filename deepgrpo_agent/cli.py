@@ -159,15 +159,45 @@ def cmd_main(argv: Sequence[str]) -> int:
     return cmd_train(MAIN_JOB + list(argv))
 
 
+def _ray_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deepgrpo compare", add_help=False, usage="deepgrpo compare [Ray options] [options]")
+    ray = parser.add_argument_group("running on Ray (pip install 'deepgrpo[ray]'; docs/ray.md)")
+    ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                     help="run every (strategy, seed) as a Ray task: alone or 'local' starts a cluster on this "
+                          "machine, 'auto' joins the one `ray start --head` started, 'ray://HOST:10001' a remote one")
+    ray.add_argument("--ray-cpus-per-run", type=float, default=1.0, metavar="N",
+                     help="CPUs each run asks Ray for (its torch threads); default 1")
+    ray.add_argument("--ray-gpus-per-run", type=float, default=0.0, metavar="N",
+                     help="GPUs each run asks Ray for (0.5 = two runs per GPU); default 0")
+    ray.add_argument("--ray-num-cpus", type=int, default=None, metavar="N",
+                     help="CPUs of the local cluster --ray starts (default: all of this machine's)")
+    return parser
+
+
 def cmd_compare(argv: Sequence[str]) -> int:
-    """``deepgrpo compare [--strategies ...] [--seeds ...] [--token-budget N] [--list]``: equal-budget comparison."""
+    """``deepgrpo compare [--strategies ...] [--seeds ...] [--token-budget N] [--ray [ADDRESS]] [--list]``: equal-budget comparison."""
     from deepgrpo_agent.compare import CompareConfig, describe_strategies, run_comparison
     from deepgrpo_agent.config_cli import parse_config
 
     if "--list" in argv:
         print(describe_strategies())
         return 0
-    run_comparison(parse_config(CompareConfig, list(argv), prog="deepgrpo compare"))
+    ray_parser = _ray_parser()
+    if "-h" in argv or "--help" in argv:
+        ray_parser.print_help()
+        print()
+    ray_args, rest = ray_parser.parse_known_args(list(argv))
+    cfg = parse_config(CompareConfig, rest, prog="deepgrpo compare")
+    runner = None
+    if ray_args.ray is not None:
+        from deepgrpo_agent.ray_runner import RayRunner, require_ray
+
+        try:
+            require_ray("deepgrpo compare --ray")
+            runner = RayRunner(ray_args.ray, ray_args.ray_cpus_per_run, ray_args.ray_gpus_per_run, ray_args.ray_num_cpus)
+        except (ImportError, ValueError) as e:
+            raise SystemExit(f"deepgrpo compare: {e}") from e
+    run_comparison(cfg, runner)
     return 0
 
 

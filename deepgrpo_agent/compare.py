@@ -26,10 +26,10 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -190,8 +190,14 @@ def run_dir(cfg: CompareConfig, strategy: str, seed: int) -> Path:
     return Path(cfg.output_dir) / strategy / f"seed{seed}"
 
 
+_PLACEMENT = {"resume": None, "ray_address": None, "rollout_worker_gpus": 0.0, "rollout_workers": 0}
+"""Fields left out of a run's fingerprint (always ``resume`` and where the work runs; ``rollout_workers``
+when 0), so that run directories written before these fields existed are still recognized."""
+
+
 def _fingerprint(config: Any) -> str:
-    values = {k: v for k, v in to_dict(config).items() if k != "resume"}
+    values = {k: v for k, v in to_dict(config).items()
+              if not (k in _PLACEMENT and (k in ("resume", "ray_address") or v == _PLACEMENT[k]))}
     return hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -221,28 +227,51 @@ def run_one(cfg: CompareConfig, strategy: str, seed: int) -> dict[str, Any]:
         ValueError: If the run directory holds a run of a different configuration.
     """
     config = run_config(cfg, strategy, seed)
+    stored = stored_record(config)
+    if stored is not None:
+        return stored
     out = Path(config.output_dir)
-    key = _fingerprint(config)
-    marker, result = out / "run_config.json", out / "result.json"
-    if marker.is_file():
-        stored = json.loads(marker.read_text())
-        if stored.get("fingerprint") != key:
-            raise ValueError(
-                f"{out} holds a run with a different configuration (fingerprint {stored.get('fingerprint')} != "
-                f"{key}); pick another `output_dir` or delete {out} to start that run again."
-            )
-        if result.is_file():
-            return dict(json.loads(result.read_text()))
-    _write_json_atomic(marker, {"fingerprint": key, "config": to_dict(config)})
+    _write_json_atomic(out / "run_config.json", {"fingerprint": _fingerprint(config), "config": to_dict(config)})
     _, trainer_cls = get_algorithm(STRATEGIES[strategy].algo)
     _quiet_transformers()
     trainer = trainer_cls(config, callbacks=[_PrintEvals(f"{strategy} seed {seed}", cfg.token_budget)])
     trainer.train()
     record = _record(strategy, seed, trainer)
-    _write_json_atomic(result, record)
+    _write_json_atomic(out / "result.json", record)
     del trainer
     gc.collect()
     return record
+
+
+def stored_record(config: Any) -> dict[str, Any] | None:
+    """The record of the finished run of trainer config ``config`` in its ``output_dir``, or None when
+    that run has not finished (or not started).
+
+    Raises:
+        ValueError: If the directory holds a run of a different configuration.
+    """
+    out = Path(config.output_dir)
+    marker, result = out / "run_config.json", out / "result.json"
+    if not marker.is_file():
+        return None
+    stored = json.loads(marker.read_text())
+    key = _fingerprint(config)
+    if stored.get("fingerprint") != key:
+        raise ValueError(
+            f"{out} holds a run with a different configuration (fingerprint {stored.get('fingerprint')} != "
+            f"{key}); pick another `output_dir` or delete {out} to start that run again."
+        )
+    return dict(json.loads(result.read_text())) if result.is_file() else None
+
+
+def _keep_record(config: Any, record: Mapping[str, Any]) -> None:
+    """Writes a run's marker and result where they are missing (a run that ran on another node of a
+    cluster without a shared file system), so that the next comparison reads it back."""
+    out = Path(config.output_dir)
+    if not (out / "run_config.json").is_file():
+        _write_json_atomic(out / "run_config.json", {"fingerprint": _fingerprint(config), "config": to_dict(config)})
+    if not (out / "result.json").is_file():
+        _write_json_atomic(out / "result.json", dict(record))
 
 
 def _quiet_transformers() -> None:
@@ -308,25 +337,100 @@ def _record(strategy: str, seed: int, trainer: Any) -> dict[str, Any]:
 
 
 # -- the comparison ---------------------------------------------------------------------------------
-def run_comparison(cfg: CompareConfig) -> dict[str, Any]:
-    """Runs (or resumes) every strategy x seed, then writes the tables and plots; returns the summary."""
+class Runner(Protocol):
+    """Where the runs of a comparison execute: :class:`LocalRunner` (this process, one after the other)
+    or :class:`~deepgrpo_agent.ray_runner.RayRunner` (one Ray task each). A runner only executes
+    :func:`run_one`; reading back finished runs, progress, tables and plots are
+    :func:`run_comparison`'s, the same for every runner."""
+
+    def describe(self) -> str:
+        """A few words for the first progress line."""
+        ...
+
+    def run(self, cfg: CompareConfig, runs: Sequence[tuple[int, str, int]]) -> Iterator[tuple[int, dict[str, Any], float]]:
+        """Executes ``runs`` (``(index, strategy, seed)``) and yields ``(index, record, seconds)`` as
+        each finishes, in any order."""
+        ...
+
+
+class LocalRunner:
+    """Runs the comparison in this process, one run after the other (the default)."""
+
+    def describe(self) -> str:
+        return "this process, one run at a time"
+
+    def run(self, cfg: CompareConfig, runs: Sequence[tuple[int, str, int]]) -> Iterator[tuple[int, dict[str, Any], float]]:
+        for index, strategy, seed in runs:
+            _progress_line(f"start {strategy} (seed {seed}): {STRATEGIES[strategy].description}")
+            t0 = time.perf_counter()
+            record = run_one(cfg, strategy, seed)
+            yield index, record, time.perf_counter() - t0
+
+
+def plan(cfg: CompareConfig) -> list[tuple[str, int]]:
+    """Every (strategy, seed) of the comparison, in table order (seed-major, as the runs were always run)."""
+    return [(s, seed) for seed in cfg.seeds for s in cfg.strategies]
+
+
+def run_comparison(cfg: CompareConfig, runner: Runner | None = None) -> dict[str, Any]:
+    """Runs (or resumes) every strategy x seed, then writes the tables and plots; returns the summary.
+
+    Finished runs are read back from their directories without running anything; the others go to
+    ``runner`` (default :class:`LocalRunner`; :class:`~deepgrpo_agent.ray_runner.RayRunner` fans them
+    out over a Ray cluster). Records are tabulated in :func:`plan` order whatever order the runner
+    finishes them in, so the tables do not depend on the runner.
+    """
+    runner = LocalRunner() if runner is None else runner
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     _write_json_atomic(out / "compare_config.json", to_dict(cfg))
-    records = []
-    total = len(cfg.strategies) * len(cfg.seeds)
-    for k, (strategy, seed) in enumerate((s, seed) for seed in cfg.seeds for s in cfg.strategies):
-        print(f"[{k + 1}/{total}] {strategy} (seed {seed}): {STRATEGIES[strategy].description}", flush=True)
-        t0 = time.perf_counter()
-        records.append(run_one(cfg, strategy, seed))
-        print(f"  done in {time.perf_counter() - t0:.0f} s: final accuracy {records[-1]['final_accuracy']:.3f}, "
-              f"{records[-1]['generated_tokens']:,} tokens in {records[-1]['steps']} steps", flush=True)
-    summary = summarize(cfg, records)
-    write_tables(out, records, summary)
+    runs = plan(cfg)
+    records: list[dict[str, Any] | None] = [None] * len(runs)
+    todo = []
+    for index, (strategy, seed) in enumerate(runs):
+        records[index] = stored_record(run_config(cfg, strategy, seed))
+        if records[index] is None:
+            todo.append((index, strategy, seed))
+    reused = len(runs) - len(todo)
+    _progress_line(f"{len(runs)} runs ({len(cfg.strategies)} strategies x {len(cfg.seeds)} seeds), {reused} finished "
+                   f"earlier and read back; running {len(todo)} on {runner.describe()}")
+    bar, finished = _bar(len(runs), reused), reused
+    try:
+        for index, record, seconds in runner.run(cfg, todo):
+            strategy, seed = runs[index]
+            _keep_record(run_config(cfg, strategy, seed), record)
+            records[index] = record
+            finished += 1
+            bar.update(1)
+            _progress_line(f"[{finished}/{len(runs)}] {strategy} seed {seed} done in {seconds:.0f} s: final accuracy "
+                           f"{record['final_accuracy']:.3f}, {record['generated_tokens']:,} tokens in "
+                           f"{record['steps']} steps", bar)
+    finally:
+        bar.close()
+    missing = [runs[i] for i, r in enumerate(records) if r is None]
+    if missing:
+        raise RuntimeError(f"The runner finished without results for {missing}; rerun the same command to resume them.")
+    done = [r for r in records if r is not None]
+    summary = summarize(cfg, done)
+    write_tables(out, done, summary)
     if cfg.plots:
-        plot_comparison(cfg, records, out)
+        plot_comparison(cfg, done, out)
     print_table(summary)
     return summary
+
+
+def _bar(total: int, initial: int) -> Any:
+    """The overall progress bar (runs finished of all runs), on stderr when it is a terminal."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc="runs", unit="run", disable=None, leave=False)
+
+
+def _progress_line(text: str, bar: Any = None) -> None:
+    if bar is not None and not bar.disable:
+        bar.write(text)
+        return
+    print(text, flush=True)
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -535,13 +639,17 @@ def describe_strategies() -> str:
 __all__ = [
     "STRATEGIES",
     "CompareConfig",
+    "LocalRunner",
+    "Runner",
     "Strategy",
     "accuracy_at",
     "describe_strategies",
+    "plan",
     "plot_comparison",
     "run_comparison",
     "run_config",
     "run_one",
+    "stored_record",
     "summarize",
     "token_grid",
     "write_tables",

@@ -375,6 +375,12 @@ class GRPOConfig:
     """Sampling temperature of the training rollouts; the loss's log-probs use the same temperature."""
     top_p: float = 1.0
     """Nucleus-sampling threshold of the training rollouts (1.0 = off)."""
+    rollout_workers: int = 0
+    """Ray actors that collect the rollouts (roots and branches) in parallel, each with its own engine and env; 0 = collect in this process (needs `pip install 'deepgrpo[ray]'` when > 0, see docs/ray.md)."""
+    rollout_worker_gpus: float = 0.0
+    """GPUs each rollout worker asks Ray for (0.5 = two workers per GPU); > 0 puts its engine on CUDA."""
+    ray_address: str | None = None
+    """Ray cluster of the rollout workers: None starts one on this machine, "auto" joins the running one, "ray://HOST:10001" a remote one."""
 
     # -- optimisation
     total_steps: int = 50
@@ -485,6 +491,8 @@ class GRPOConfig:
                 "Sampling divides the logits by it; use 1.0 (the paper) or e.g. 0.1 for near-greedy.",
             ),
             (0.0 < self.top_p <= 1.0, "top_p", "in (0, 1]", "Use 1.0 to turn nucleus sampling off."),
+            (self.rollout_workers >= 0, "rollout_workers", ">= 0", "Use 0 to collect in this process."),
+            (self.rollout_worker_gpus >= 0.0, "rollout_worker_gpus", ">= 0", "Use 0 for CPU workers."),
         ]
 
     def _optimisation_checks(self) -> list[tuple[bool, str, str, str]]:

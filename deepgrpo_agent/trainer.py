@@ -153,6 +153,7 @@ class GRPOTrainer:
         )
         self.callbacks: list[Callback] = self._builtin_callbacks() + list(callbacks)
         self.eval_history: list[dict[str, float]] = []
+        self._rollout_pool: Any = None  # Ray rollout workers (config.rollout_workers > 0), started on first use
         if config.resume:
             self._resume()
 
@@ -194,9 +195,13 @@ class GRPOTrainer:
         The branch env is kept between steps and only rebuilt larger when ``len(states) * k`` (or
         ``reserve``, a size known to be needed later) exceeds it; ``temperatures`` is per state.
         """
-        env = self.envs.branch_env(max(len(states) * k, reserve))
-        batch = branch_rollouts(env, self.engine, list(states), k, self.sampling(), generator=self.generator,
-                                temperatures=temperatures)
+        pool = self.rollout_pool()
+        if pool is not None:  # Ray rollout workers (docs/ray.md)
+            batch: RolloutBatch = pool.branches(list(states), k, self.sampling(), self.generator, temperatures)
+        else:
+            env = self.envs.branch_env(max(len(states) * k, reserve))
+            batch = branch_rollouts(env, self.engine, list(states), k, self.sampling(), generator=self.generator,
+                                    temperatures=temperatures)
         self.budget.add(branch_rollouts=len(batch), generated_tokens=batch.generated_tokens,
                         prefilled_tokens=batch.prefilled_tokens)
         return batch
@@ -204,12 +209,34 @@ class GRPOTrainer:
     def sample_roots(
         self, problems: np.ndarray, per_prompt: int, temperatures: np.ndarray | None = None
     ) -> RolloutBatch:
-        """``per_prompt`` root rollouts of every problem on the root env, counted in the budget."""
-        batch = collect_rollouts(self.env, self.engine, problems, per_prompt, self.sampling(),
-                                 generator=self.generator, temperatures=temperatures)
+        """``per_prompt`` root rollouts of every problem (:func:`~deepgrpo_agent.rollout.collect_rollouts`
+        on the root env, or on the Ray rollout workers), counted as root rollouts in the budget."""
+        pool = self.rollout_pool()
+        if pool is not None:  # Ray rollout workers (docs/ray.md)
+            batch: RolloutBatch = pool.roots(problems, per_prompt, self.sampling(), self.generator, temperatures)
+        else:
+            batch = collect_rollouts(self.env, self.engine, problems, per_prompt, self.sampling(),
+                                     generator=self.generator, temperatures=temperatures)
         self.budget.add(root_rollouts=len(batch), generated_tokens=batch.generated_tokens,
                         prefilled_tokens=batch.prefilled_tokens)
         return batch
+
+    def rollout_pool(self) -> Any:
+        """The :class:`~deepgrpo_agent.rollout_workers.RolloutWorkerPool` when ``rollout_workers`` > 0
+        (started on first use, with the current weights), else None."""
+        if self.config.rollout_workers <= 0:
+            return None
+        if self._rollout_pool is None:
+            from deepgrpo_agent.rollout_workers import RolloutWorkerPool
+
+            self._rollout_pool = RolloutWorkerPool.for_trainer(self)
+        return self._rollout_pool
+
+    def close_workers(self) -> None:
+        """Stops the rollout workers, if any (a later rollout starts new ones)."""
+        if self._rollout_pool is not None:
+            self._rollout_pool.close()
+            self._rollout_pool = None
 
     # -- setup ------------------------------------------------------------------------------------
     def _frozen_copy(self) -> torch.nn.Module:
@@ -243,10 +270,13 @@ class GRPOTrainer:
         if self.step == 0 and (self.config.eval_every > 0 or self.config.eval_every_tokens > 0):
             self.evaluate(0)
         metrics: dict[str, float] = {}
-        while not self.finished:
-            metrics = self.train_step()
-            for cb in self.callbacks:
-                cb.on_step_end(self, self.step, metrics)
+        try:
+            while not self.finished:
+                metrics = self.train_step()
+                for cb in self.callbacks:
+                    cb.on_step_end(self, self.step, metrics)
+        finally:
+            self.close_workers()
         if hasattr(self.model, "save_pretrained"):
             self.export(self.output_dir / "final_model")
         for cb in self.callbacks:
@@ -300,6 +330,8 @@ class GRPOTrainer:
             "perf/step_s": t3 - t0, "perf/generated_tokens_per_s": gen / max(t1 - t0, 1e-9),
             "train/learning_rate": float(self.scheduler.get_last_lr()[0]),
         })
+        if self._rollout_pool is not None:
+            metrics.update(self._rollout_pool.pop_metrics())
         metrics.update(self.budget.metrics())
         return metrics
 
@@ -400,6 +432,8 @@ class GRPOTrainer:
                                 vocab_size=self.vocab_size)
         self.budget.add(trained_tokens=int(sum(len(t) for t in samples.targets)) * self.config.ppo_epochs)
         self.engine.sync_weights(self.model)
+        if self._rollout_pool is not None:
+            self._rollout_pool.broadcast(self.model)
         return metrics
 
     # -- metrics ----------------------------------------------------------------------------------

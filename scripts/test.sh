@@ -7,4 +7,7 @@ bash scripts/setup.sh
 ruff check deepgrpo_env deepgrpo_agent envs_registry tests benchmarks examples scripts
 python scripts/check_imports.py
 mypy --strict deepgrpo_env deepgrpo_agent envs_registry
+# --- ray tier (issue 16): setup.sh installed the extra; the tests marked `ray` run in the suite below.
+[ "${DEEPGRPO_RAY:-1}" = 0 ] || python -c "import ray" || { echo "ray tier: Ray is missing after scripts/setup.sh" >&2; exit 1; }
+# --- end ray tier ---
 python -m pytest -q "$@"
