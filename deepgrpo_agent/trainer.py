@@ -45,7 +45,7 @@ from deepgrpo_agent.config import GRPOConfig, to_dict
 from deepgrpo_agent.engine.hf import HFEngine
 from deepgrpo_agent.engine.protocol import SamplingParams
 from deepgrpo_agent.evaluation import evaluate_policy
-from deepgrpo_agent.policy import RANDOM_TINY, load_policy, random_tiny_model, resolve_device, resolve_dtype
+from deepgrpo_agent.policy import RANDOM_TINY, load_dtype, load_policy, model_precision, random_tiny_model, resolve_device
 from deepgrpo_agent.rollout import RolloutBatch, branch_rollouts, collect_rollouts
 from deepgrpo_agent.testbed import TESTBED, check_vocab
 from deepgrpo_agent.update import policy_update
@@ -160,7 +160,7 @@ class GRPOTrainer:
         torch.manual_seed(config.seed)
         if model is None and config.model != RANDOM_TINY:
             model, tokenizer = load_policy(
-                config.model, device=self.device, dtype=resolve_dtype(config.dtype, self.device)
+                config.model, device=self.device, dtype=load_dtype(config.dtype, self.device)
             )
         self.tokenizer = tokenizer
         self.output_dir = Path(config.output_dir)
@@ -176,7 +176,9 @@ class GRPOTrainer:
         if model is None:  # "random-tiny": sized to the env, so made after it
             model = random_tiny_model(int(self.env.single_action_space.n), config.seed)
         self.model = model.to(self.device)
-        self.engine = HFEngine(self.model, vocab_size=self.env.single_action_space.n)
+        self.precision = model_precision(self.model, config.dtype, self.device)
+        self.engine = HFEngine(self.model, vocab_size=self.env.single_action_space.n,
+                               dtype=self.precision.compute_dtype)
         self.ref_model = self._frozen_copy() if config.kl_coef > 0 else None
         self.optimizer = _adamw(self.model, config)
         warmup = max(config.warmup_steps, 0)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from deepgrpo_agent.losses import clipped_policy_loss, get_aggregation, k3_kl
+from deepgrpo_agent.precision import Precision
 from deepgrpo_agent.scoring import micro_batches, pack, token_logprobs
 
 if TYPE_CHECKING:
@@ -19,9 +20,18 @@ SKIP_ZERO_ADVANTAGE_ROWS = True
 
 
 def _scores(model: torch.nn.Module, samples: TrainSamples, idx: np.ndarray, device: torch.device,
-            temperature: float, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+            temperature: float, pad_id: int, precision: Precision | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs (fp32) of rows ``idx`` and their mask.
+
+    The old-policy, reference and ratio log-probs all come from here, under the same ``precision``
+    (autocast for bf16): the on-policy ratio is exactly 1 (docs/precision.md).
+    """
     batch = pack([samples.contexts[i] for i in idx], [samples.targets[i] for i in idx], device, pad_id)
-    return token_logprobs(model, batch, _row_temperatures(samples, idx, temperature, device)), batch.mask
+    temps = _row_temperatures(samples, idx, temperature, device)
+    if precision is None:
+        return token_logprobs(model, batch, temps), batch.mask
+    with precision.autocast():
+        return token_logprobs(model, batch, temps), batch.mask
 
 
 def _row_temperatures(
@@ -85,9 +95,9 @@ def _frozen_logprobs(
     with torch.no_grad():
         for k, idx in enumerate(groups):
             if cfg.ppo_epochs > 1:
-                old[k] = _scores(trainer.model, samples, idx, device, cfg.temperature, 0)[0]
+                old[k] = _scores(trainer.model, samples, idx, device, cfg.temperature, 0, trainer.precision)[0]
             if trainer.ref_model is not None:
-                ref[k] = _scores(trainer.ref_model, samples, idx, device, cfg.temperature, 0)[0]
+                ref[k] = _scores(trainer.ref_model, samples, idx, device, cfg.temperature, 0, trainer.precision)[0]
     return old, ref
 
 
@@ -106,7 +116,7 @@ def _one_epoch(
     sums = {"total": 0.0, "clip_fraction": 0.0, "kl": 0.0, "tokens": 0.0, "processed": 0.0}
     stream_sums = {s: 0.0 for s in denominators}
     for k, idx in enumerate(groups):
-        logp, mask = _scores(model, samples, idx, device, cfg.temperature, 0)  # (b, T)
+        logp, mask = _scores(model, samples, idx, device, cfg.temperature, 0, trainer.precision)  # (b, T) fp32
         adv = torch.as_tensor(samples.advantages[idx], dtype=torch.float32, device=device)  # (b,)
         per_token, clipped = clipped_policy_loss(
             logp, old.get(k, logp.detach()), adv, eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high,
