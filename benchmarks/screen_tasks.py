@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -37,7 +38,7 @@ def main() -> None:
     model, tok = load_policy("default", device=torch.device("cpu"), dtype=dtype)
     model.eval()
     engine = HFEngine(model, vocab_size=len(tok))
-    print(f"| dataset | prompt | chat | budget | accuracy | truncated | mean length | s | uptime load |")
+    print("| dataset | prompt | chat | budget | accuracy | truncated | mean length | s | uptime load |")
     print("|---|---|---|---|---|---|---|---|---|")
     from deepgrpo_env.prompts import PromptTemplate
 
@@ -56,7 +57,7 @@ def main() -> None:
                     env.close()
                     acc = m["eval/accuracy"]
                     se = float(np.sqrt(acc * (1 - acc) / args.problems))
-                    load = open("/proc/loadavg").read().split()[0]
+                    load = Path("/proc/loadavg").read_text().split()[0]
                     print(f"| {ds} | {style} | {int(chat)} | {budget} | {acc:.3f} ± {se:.3f} | "
                           f"{m['eval/truncated_fraction']:.2f} | {m['eval/response_length']:.0f} | {dt:.0f} | {load} |",
                           flush=True)

@@ -45,7 +45,14 @@ from deepgrpo_agent.config import GRPOConfig, to_dict
 from deepgrpo_agent.engine.hf import HFEngine
 from deepgrpo_agent.engine.protocol import SamplingParams
 from deepgrpo_agent.evaluation import evaluate_policy
-from deepgrpo_agent.policy import RANDOM_TINY, load_dtype, load_policy, model_precision, random_tiny_model, resolve_device
+from deepgrpo_agent.policy import (
+    RANDOM_TINY,
+    load_dtype,
+    load_policy,
+    model_precision,
+    random_tiny_model,
+    resolve_device,
+)
 from deepgrpo_agent.rollout import RolloutBatch, branch_rollouts, collect_rollouts
 from deepgrpo_agent.testbed import TESTBED, check_vocab
 from deepgrpo_agent.update import policy_update

@@ -103,7 +103,7 @@ def test_engine_dtype_copy_matches_a_bf16_model_and_rejects_a_bad_dtype():
     b = reference.start(seqs, SamplingParams(0.0, 1.0, 4)).sample()
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
-    with pytest.raises(ValueError, match="floating torch.dtype"):
+    with pytest.raises(ValueError, match=r"floating torch\.dtype"):
         HFEngine(model, dtype=torch.int64)
 
 
