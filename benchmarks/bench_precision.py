@@ -46,6 +46,14 @@ def main() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             bf16 = token_logprobs(model, batch)
         t2 = time.perf_counter()
+        # Variant: body under autocast, LM head in fp32 (bf16 rounding of the logits removed).
+        body, head = model.get_decoder(), model.get_output_embeddings()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            hidden = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+        index = batch.gather_pos.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+        logits = head(torch.gather(hidden.float(), 1, index)).float()
+        chosen = torch.gather(logits, -1, batch.targets.unsqueeze(-1)).squeeze(-1)
+        fp32_head = (chosen - torch.logsumexp(logits, -1)) * batch.mask
     mask = batch.mask
     err = (bf16 - fp32)[mask].abs()
     seq = ((bf16 - fp32) * mask).sum(1).abs()
@@ -54,6 +62,9 @@ def main() -> None:
           f"p99 {float(err.quantile(0.99)):.4f}  max {float(err.max()):.4f} nats")
     print(f"per-token ratio exp(diff): min {float(torch.exp(-err.max())):.4f} max {float(torch.exp(err.max())):.4f}")
     print(f"per-sequence |sum diff|: mean {float(seq.mean()):.3f}  max {float(seq.max()):.3f} nats")
+    err_h = (fp32_head - fp32)[mask].abs()
+    print(f"with the LM head in fp32: per-token mean {float(err_h.mean()):.4f}  p99 {float(err_h.quantile(0.99)):.4f}  "
+          f"max {float(err_h.max()):.4f} nats")
     print(f"forward time: fp32 {t1 - t0:.1f} s, bf16 autocast {t2 - t1:.1f} s (load {Path('/proc/loadavg').read_text().split()[0]})")
 
 

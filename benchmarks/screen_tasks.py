@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--prompts", default="boxed,plain,gsm8k-hash")
     ap.add_argument("--budgets", default="128")
     ap.add_argument("--chat", default="1", help="1 = chat template, 0 = plain text, 0,1 = both")
+    ap.add_argument("--instruction", default=None, help="instruction text replacing the style's (e.g. a brevity request)")
     ap.add_argument("--offset", type=int, default=0, help="first problem index screened")
     args = ap.parse_args()
     dtype = resolve_dtype(args.dtype, torch.device("cpu"))
@@ -48,7 +49,7 @@ def main() -> None:
                 for budget in [int(b) for b in args.budgets.split(",")]:
                     env = gym.make_vec("MathReasoning-v0", num_envs=args.problems, autoreset_mode="Disabled",
                                        copy=False, problems=DATASETS[ds], tokenizer=tok,
-                                       prompt=PromptTemplate(style=style, chat=chat),  # type: ignore[arg-type]
+                                       prompt=PromptTemplate(style=style, chat=chat, instruction=args.instruction),  # type: ignore[arg-type]
                                        max_response_tokens=budget, max_prompt_tokens=1024)
                     idx = list(range(args.offset, args.offset + args.problems))
                     t0 = time.perf_counter()
@@ -58,7 +59,7 @@ def main() -> None:
                     acc = m["eval/accuracy"]
                     se = float(np.sqrt(acc * (1 - acc) / args.problems))
                     load = Path("/proc/loadavg").read_text().split()[0]
-                    print(f"| {ds} | {style} | {int(chat)} | {budget} | {acc:.3f} ± {se:.3f} | "
+                    print(f"| {ds} | {style if args.instruction is None else repr(args.instruction)} | {int(chat)} | {budget} | {acc:.3f} ± {se:.3f} | "
                           f"{m['eval/truncated_fraction']:.2f} | {m['eval/response_length']:.0f} | {dt:.0f} | {load} |",
                           flush=True)
 

@@ -14,5 +14,5 @@ GradeStatus = Literal["ok", "unscorable", "timeout", "ungraded"]
 """How an episode's final answer was graded: scored, unscorable (verifier returned None), timed out,
 or not graded at all (the env has no verifier)."""
 
-PromptStyle = Literal["boxed", "gsm8k-hash", "plain"]
+PromptStyle = Literal["boxed", "gsm8k-hash", "plain", "brief"]
 """Which answer instruction a prompt carries: ``\\boxed{}``, the DEEP-GRPO paper's ``####`` suffix, or none."""
