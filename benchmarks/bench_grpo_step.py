@@ -1,16 +1,21 @@
 """One GRPO training step: deepgrpo's GRPOTrainer vs TRL's GRPOTrainer, same model and settings.
 
-Both: the default model (SmolLM2-135M-Instruct, fp32, CPU), 2 prompts x 8 completions, up to 128
+Both: the default model (SmolLM2-135M-Instruct, CPU), 2 prompts x 8 completions, up to 128
 new tokens, temperature 1, beta = 0 (no reference model), one optimizer step per generation batch,
 lr 1e-6, the same GSM8K-test questions in the same chat template and instruction, a last-number
 reward, no activation checkpointing (TRL's default turns it on; we turn it off on both sides). Rows
 whose advantage is exactly 0 are skipped by deepgrpo's update (exactly, see update.py) and not by
 TRL's, which is part of the difference when groups have zero variance. Each side runs ``--warmup`` untimed steps (allocation of optimizer state etc.) and then
 ``--steps`` timed ones; the ratio of mean step times is printed, with the fraction of the machine's
-fp32 matmul peak (measured in the same run) that our decode and update reach.
+matmul peak of the dtype (measured in the same run) that our decode and update reach.
 
-    pip install trl   # only for this benchmark
-    python benchmarks/bench_grpo_step.py [--steps 2] [--warmup 1] [--max-new-tokens 128]
+``--dtypes`` runs both sides in each dtype: ``float32``, and ``bfloat16`` = our mixed precision (fp32
+master weights, bf16 autocast update, bf16 rollout copy; docs/precision.md) against TRL's ``bf16=True``
+(its autocast on the CPU). ``--skip both`` times our step with and without the exact zero-advantage
+skip, so both ratios come from one run: the ratio at the same dtype and the ratio to TRL's best dtype.
+
+    pip install trl   # only for this benchmark, in its own venv
+    python benchmarks/bench_grpo_step.py [--steps 2] [--warmup 1] [--dtypes float32,bfloat16] [--skip both]
 """
 
 from __future__ import annotations
@@ -19,22 +24,23 @@ import argparse
 import statistics
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from deepgrpo_agent import GRPOConfig, GRPOTrainer
-from deepgrpo_agent.default_model import default_model_dir
 from deepgrpo_env.datasets import load_dataset
+from deepgrpo_env.default_model import default_model_dir
 from deepgrpo_env.prompts import PromptTemplate
 from deepgrpo_env.verifiers import NumericVerifier
 
 ENV_ID = "MathReasoning-GSM8K-test-v0"
 
 
-def matmul_peak(seconds: float = 2.0) -> float:
+def matmul_peak(seconds: float = 2.0, dtype: torch.dtype = torch.float32) -> float:
     n = 2048
-    a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+    a, b, c = (torch.randn(n, n).to(dtype) for _ in range(3))
     torch.mm(a, b, out=c)
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -43,11 +49,11 @@ def matmul_peak(seconds: float = 2.0) -> float:
     return 2.0 * n**3 * count / (time.perf_counter() - start)
 
 
-def ours(args: argparse.Namespace, out: str) -> list[dict[str, float]]:
-    cfg = GRPOConfig(env_id=ENV_ID, model="default", prompts_per_step=2, group_size=8,
+def ours(args: argparse.Namespace, out: str, dtype: str, skip: bool) -> list[dict[str, float]]:
+    cfg = GRPOConfig(env_id=ENV_ID, model="default", dtype=dtype, prompts_per_step=2, group_size=8,  # type: ignore[arg-type]
                      max_new_tokens=args.max_new_tokens, kl_coef=0.0, learning_rate=1e-6, total_steps=100,
                      eval_every=0, save_every=0, tensorboard=False, progress=False, micro_batch_size=16,
-                     skip_zero_advantage_rows=not args.no_skip_zero_adv, output_dir=out)
+                     skip_zero_advantage_rows=skip, output_dir=out)
     trainer = GRPOTrainer(cfg)
     records = []
     for k in range(args.warmup + args.steps):
@@ -56,13 +62,13 @@ def ours(args: argparse.Namespace, out: str) -> list[dict[str, float]]:
         metrics["wall_s"] = time.perf_counter() - start
         if k >= args.warmup:
             records.append(metrics)
-            print(f"  deepgrpo step: {metrics['wall_s']:.1f} s (collect {metrics['perf/collect_s']:.1f}, "
+            print(f"  deepgrpo {dtype} skip={'on' if skip else 'off'} step: {metrics['wall_s']:.1f} s (collect {metrics['perf/collect_s']:.1f}, "
                   f"update {metrics['perf/update_s']:.1f}, {metrics['rollout/generated_tokens']:.0f} tokens)",
                   flush=True)
     return records
 
 
-def trl_steps(args: argparse.Namespace, out: str) -> list[float]:
+def trl_steps(args: argparse.Namespace, out: str, dtype: str) -> list[float]:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig as TRLConfig
@@ -88,13 +94,13 @@ def trl_steps(args: argparse.Namespace, out: str) -> list[float]:
 
         def on_step_end(self, *a: Any, **k: Any) -> None:
             times.append(time.perf_counter() - self.start)
-            print(f"  TRL step: {times[-1]:.1f} s", flush=True)
+            print(f"  TRL {dtype} step: {times[-1]:.1f} s", flush=True)
 
     path = default_model_dir()
     config = TRLConfig(
         output_dir=out, num_generations=8, per_device_train_batch_size=16, gradient_accumulation_steps=1,
         max_completion_length=args.max_new_tokens, beta=0.0, temperature=1.0, top_p=1.0, learning_rate=1e-6,
-        use_cpu=True, bf16=False, report_to=[], logging_steps=1, save_strategy="no",
+        use_cpu=True, bf16=dtype == "bfloat16", report_to=[], logging_steps=1, save_strategy="no",
         max_steps=args.warmup + args.steps, shuffle_dataset=False, seed=0,
         gradient_checkpointing=False,  # deepgrpo does not checkpoint activations either
     )
@@ -105,35 +111,64 @@ def trl_steps(args: argparse.Namespace, out: str) -> list[float]:
     return times[args.warmup:]
 
 
+def _load() -> str:
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated: float32, bfloat16")
+    parser.add_argument("--skip", choices=["on", "off", "both"], default="both",
+                        help="our exact zero-advantage skip (off = TRL's amount of update work)")
     parser.add_argument("--skip-trl", action="store_true")
-    parser.add_argument("--no-skip-zero-adv", action="store_true",
-                        help="also compute zero-advantage rows in our update (TRL's amount of update work)")
     args = parser.parse_args()
-    peak = matmul_peak()
-    with tempfile.TemporaryDirectory() as tmp:
-        mine = ours(args, f"{tmp}/ours")
-        theirs = [] if args.skip_trl else trl_steps(args, f"{tmp}/trl")
+    dtypes = args.dtypes.split(",")
+    for d in dtypes:
+        if d not in ("float32", "bfloat16"):
+            raise SystemExit(f"--dtypes: expected float32 and/or bfloat16, got {d!r}")
+    skips = {"on": [True], "off": [False], "both": [False, True]}[args.skip]
     params = 134.5e6
-    ours_s = statistics.mean(m["wall_s"] for m in mine)
-    gen = sum(m["rollout/generated_tokens"] for m in mine)
-    collect = sum(m["perf/collect_s"] for m in mine)
-    print(f"\nfp32 matmul peak: {peak / 1e9:.1f} GFLOP/s")
-    processed = sum(m["train/processed_tokens"] for m in mine) * 1.0
-    update = sum(m["perf/update_s"] for m in mine)
-    print(f"deepgrpo: {ours_s:.1f} s/step; decode {2 * params * gen / collect / 1e9:.1f} GFLOP/s "
-          f"({2 * params * gen / collect / peak:.1%} of peak, 2 x params x generated tokens / collect time); "
-          f"update {6 * params * processed / max(update, 1e-9) / 1e9:.1f} GFLOP/s "
-          f"({6 * params * processed / max(update, 1e-9) / peak:.1%} of peak, 6 x params x prompt+response "
-          f"tokens of the trained rows / update time)")
-    if theirs:
-        trl_s = statistics.mean(theirs)
-        print(f"TRL:      {trl_s:.1f} s/step")
-        print(f"ratio deepgrpo / TRL = {ours_s / trl_s:.2f} (goal <= 0.5)")
+    peaks = {d: matmul_peak(dtype=getattr(torch, d)) for d in dtypes}
+    ours_s: dict[tuple[str, bool], float] = {}
+    trl_s: dict[str, float] = {}
+    lines = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for d in dtypes:
+            for skip in skips:
+                print(f"deepgrpo {d}, skip {'on' if skip else 'off'} (load {_load()})", flush=True)
+                mine = ours(args, f"{tmp}/ours-{d}-{skip}", d, skip)
+                ours_s[d, skip] = statistics.mean(m["wall_s"] for m in mine)
+                gen = sum(m["rollout/generated_tokens"] for m in mine)
+                collect = sum(m["perf/collect_s"] for m in mine)
+                processed = sum(m["train/processed_tokens"] for m in mine) * 1.0
+                upd = sum(m["perf/update_s"] for m in mine)
+                lines.append(
+                    f"deepgrpo {d:8s} skip {'on ' if skip else 'off'}: {ours_s[d, skip]:.1f} s/step; decode "
+                    f"{2 * params * gen / collect / 1e9:.1f} GFLOP/s ({2 * params * gen / collect / peaks[d]:.1%} of "
+                    f"peak); update {6 * params * processed / max(upd, 1e-9) / 1e9:.1f} GFLOP/s "
+                    f"({6 * params * processed / max(upd, 1e-9) / peaks[d]:.1%} of peak)")
+            if not args.skip_trl:
+                print(f"TRL {d} (load {_load()})", flush=True)
+                trl_s[d] = statistics.mean(trl_steps(args, f"{tmp}/trl-{d}", d))
+    print()
+    for d in dtypes:
+        print(f"{d} matmul peak: {peaks[d] / 1e9:.1f} GFLOP/s")
+    print("(decode: 2 x params x generated tokens / collect time; update: 6 x params x prompt+response tokens "
+          "of the trained rows / update time)")
+    for line in lines:
+        print(line)
+    for d, t in trl_s.items():
+        print(f"TRL      {d:8s}          : {t:.1f} s/step")
+    if trl_s:
+        best = min(trl_s, key=lambda d: trl_s[d])
+        for (d, skip), t in ours_s.items():
+            same = f"{t / trl_s[d]:.2f}x TRL {d}" if d in trl_s else "TRL not run at this dtype"
+            print(f"ratio deepgrpo {d} skip {'on ' if skip else 'off'}: {same}; {t / trl_s[best]:.2f}x TRL at its best "
+                  f"({best})")
+    print(f"load at the end: {_load()}")
 
 
 if __name__ == "__main__":

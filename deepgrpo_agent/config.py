@@ -45,7 +45,7 @@ LossAggregation = Literal["token-mean", "sequence-mean", "dr-grpo"]
 DynamicSampling = Literal["off", "drop", "refill"]
 """What to do with zero-variance groups."""
 DType = Literal["auto", "float32", "bfloat16", "float16"]
-"""Parameter dtypes."""
+"""Compute dtypes (bfloat16 = mixed precision with fp32 master weights)."""
 
 # -- reading the dataclasses ---------------------------------------------------------------------------
 
@@ -354,7 +354,7 @@ class GRPOConfig:
     device: str = "auto"
     """Torch device: "auto" (CUDA if available, else CPU), "cpu", "cuda" or "cuda:N"."""
     dtype: DType = "auto"
-    """Parameter dtype; "auto" is float32 on the CPU and bfloat16 on CUDA."""
+    """Compute dtype; "auto" is bfloat16 on CUDA and on CPUs with native bf16 (avx512_bf16/amx_bf16 flags) for models of >= 10M parameters, else float32. bfloat16 is mixed precision: fp32 master weights and AdamW state, bf16 autocast in the update, a bf16 copy of the weights for rollouts (docs/precision.md)."""
     seed: int = 0
     """Seed of every random choice of the run (problem order, sampling, initialisation)."""
     engine: str = "hf"

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from deepgrpo_agent.default_model import INSTALL_HINT, default_model_dir
+from deepgrpo_agent.precision import Precision, resolve_precision
 from deepgrpo_agent.testbed import TESTBED, TESTBED_DIR, load_testbed
 
 
@@ -25,14 +26,30 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``"auto"`` is fp32 on the CPU (bf16 matmuls are slow there) and bf16 on CUDA."""
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in table:
-        raise ValueError(f"Expected dtype in {sorted(table)} or 'auto', got {dtype!r}.")
-    return table[dtype]
+    """The *compute* dtype of ``dtype`` on ``device``: ``"auto"`` is bf16 on CUDA and on CPUs with native
+    bf16 (``avx512_bf16``/``amx_bf16``), else fp32 (see :func:`~deepgrpo_agent.precision.resolve_precision`,
+    which also says which dtype the weights are kept in)."""
+    return resolve_precision(dtype, device).compute_dtype
+
+
+def model_precision(model: torch.nn.Module, dtype: str, device: torch.device) -> Precision:
+    """The run's :class:`~deepgrpo_agent.precision.Precision` for a loaded ``model``.
+
+    ``"auto"`` counts the model's parameters (tiny models stay fp32). Weights already in a narrow dtype
+    (a module the user built in bf16) stay so: then there is no fp32 master copy and no autocast.
+    """
+    num_params = sum(p.numel() for p in model.parameters())
+    precision = resolve_precision(dtype, device, num_params)
+    param = next(model.parameters(), None)
+    if param is not None and param.dtype != precision.param_dtype:
+        compute = precision.compute_dtype if param.dtype == torch.float32 else param.dtype
+        return Precision(param.dtype, compute, device.type)
+    return precision
+
+
+def load_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """The dtype to load weights in for ``dtype``: the master-weight dtype (fp32 unless fp16 was asked)."""
+    return resolve_precision(dtype, device).param_dtype
 
 
 def model_path(model: str) -> Path:

@@ -50,7 +50,14 @@ from deepgrpo_agent.engine import Engine, make_engine
 from deepgrpo_agent.engine.protocol import SamplingParams
 from deepgrpo_agent.env_pool import EnvFactory, EnvPool
 from deepgrpo_agent.evaluation import evaluate_on_pool
-from deepgrpo_agent.policy import RANDOM_TINY, load_policy, random_tiny_model, resolve_device, resolve_dtype
+from deepgrpo_agent.policy import (
+    RANDOM_TINY,
+    load_dtype,
+    load_policy,
+    model_precision,
+    random_tiny_model,
+    resolve_device,
+)
 from deepgrpo_agent.rollout import RolloutBatch, branch_rollouts, collect_rollouts
 from deepgrpo_agent.samples import GLOBAL_STREAM, Rollouts, TrainSamples
 from deepgrpo_agent.testbed import TESTBED, check_vocab
@@ -125,7 +132,7 @@ class GRPOTrainer:
         torch.manual_seed(config.seed)
         if model is None and config.model != RANDOM_TINY:
             model, tokenizer = load_policy(
-                config.model, device=self.device, dtype=resolve_dtype(config.dtype, self.device)
+                config.model, device=self.device, dtype=load_dtype(config.dtype, self.device)
             )
         self.tokenizer = tokenizer
         self.output_dir = Path(config.output_dir)
@@ -143,7 +150,11 @@ class GRPOTrainer:
         # The one vocabulary (scoring.restrict_vocab): the engine samples from it, the loss and the
         # reference model score over it, whatever the size of the model's (possibly padded) head.
         self.vocab_size = self.envs.vocab_size
-        self.engine = engine if engine is not None else make_engine(config, self.model, vocab_size=self.vocab_size)
+        # Mixed precision (docs/precision.md): fp32 master weights, bf16 autocast and bf16 rollouts
+        # where the hardware multiplies bf16 natively.
+        self.precision = model_precision(self.model, config.dtype, self.device)
+        self.engine = engine if engine is not None else make_engine(
+            config, self.model, vocab_size=self.vocab_size, dtype=self.precision.compute_dtype)
         self.ref_model = self._frozen_copy() if config.kl_coef > 0 else None
         self.update_settings = UpdateSettings.from_config(config)
         self.optimizer = _adamw(self.model, config)
@@ -429,7 +440,7 @@ class GRPOTrainer:
         self.model.train()
         metrics = policy_update(self.model, self.optimizer, self.scheduler, samples, self.update_settings,
                                 stream_weights=self.stream_weights(), ref_model=self.ref_model, device=self.device,
-                                vocab_size=self.vocab_size)
+                                vocab_size=self.vocab_size, precision=self.precision)
         self.budget.add(trained_tokens=int(sum(len(t) for t in samples.targets)) * self.config.ppo_epochs)
         self.engine.sync_weights(self.model)
         if self._rollout_pool is not None:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from deepgrpo_agent.losses import clipped_policy_loss, get_aggregation, k3_kl
+from deepgrpo_agent.precision import Precision
 from deepgrpo_agent.samples import TrainSamples
 from deepgrpo_agent.scoring import micro_batches, pack, token_logprobs
 
@@ -59,13 +60,23 @@ class _Parts:
     weights: dict[int, float]
     device: torch.device
     vocab_size: int | None
+    precision: Precision | None
 
 
 def _scores(model: torch.nn.Module, samples: TrainSamples, idx: np.ndarray, device: torch.device,
-            temperature: float, pad_id: int, vocab_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+            temperature: float, pad_id: int, vocab_size: int | None,
+            precision: Precision | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs (fp32) of rows ``idx`` and their mask.
+
+    The old-policy, reference and ratio log-probs all come from here, under the same ``precision``
+    (autocast for bf16): the on-policy ratio is exactly 1 (docs/precision.md).
+    """
     batch = pack([samples.contexts[i] for i in idx], [samples.targets[i] for i in idx], device, pad_id)
     temps = _row_temperatures(samples, idx, temperature, device)
-    return token_logprobs(model, batch, temps, vocab_size=vocab_size), batch.mask
+    if precision is None:
+        return token_logprobs(model, batch, temps, vocab_size=vocab_size), batch.mask
+    with precision.autocast():
+        return token_logprobs(model, batch, temps, vocab_size=vocab_size), batch.mask
 
 
 def _row_temperatures(
@@ -100,6 +111,7 @@ def policy_update(
     ref_model: torch.nn.Module | None = None,
     device: torch.device | None = None,
     vocab_size: int | None = None,
+    precision: Precision | None = None,
 ) -> dict[str, float]:
     """Runs ``settings.ppo_epochs`` optimizer steps on ``samples`` and returns loss metrics.
 
@@ -118,6 +130,8 @@ def policy_update(
         device: Where to run; default: the model's first parameter's device.
         vocab_size: The one vocabulary the engine sampled from; logits past it (a padded head) are
             dropped before every softmax (:func:`~deepgrpo_agent.scoring.restrict_vocab`). None = all.
+        precision: Mixed precision of the forward passes (:mod:`~deepgrpo_agent.precision`): bf16 under
+            autocast with fp32 master weights and fp32 log-probs, or None for the model's own dtype.
     """
     n = len(samples)
     if n == 0 or all(len(t) == 0 for t in samples.targets):
@@ -125,7 +139,8 @@ def policy_update(
     if settings.kl_coef > 0 and ref_model is None:
         raise ValueError(f"Expected a `ref_model` with kl_coef={settings.kl_coef} > 0, got None.")
     device = device if device is not None else next(model.parameters()).device
-    parts = _Parts(model, ref_model if settings.kl_coef > 0 else None, settings, stream_weights, device, vocab_size)
+    parts = _Parts(model, ref_model if settings.kl_coef > 0 else None, settings, stream_weights, device, vocab_size,
+                   precision)
     # Rows with advantage exactly 0 have a per-token loss of exactly 0 (for any ratio) and, without
     # KL, no gradient: skip their forward/backward but keep their tokens in the denominators, so the
     # update is the same as computing them (zero-variance groups are common early in training).
@@ -166,9 +181,11 @@ def _frozen_logprobs(
     with torch.no_grad():
         for k, idx in enumerate(groups):
             if cfg.ppo_epochs > 1:
-                old[k] = _scores(parts.model, samples, idx, device, cfg.temperature, 0, parts.vocab_size)[0]
+                old[k] = _scores(parts.model, samples, idx, device, cfg.temperature, 0, parts.vocab_size,
+                                 parts.precision)[0]
             if parts.ref_model is not None:
-                ref[k] = _scores(parts.ref_model, samples, idx, device, cfg.temperature, 0, parts.vocab_size)[0]
+                ref[k] = _scores(parts.ref_model, samples, idx, device, cfg.temperature, 0, parts.vocab_size,
+                                 parts.precision)[0]
     return old, ref
 
 
@@ -189,7 +206,8 @@ def _one_epoch(
     sums = {"total": 0.0, "clip_fraction": 0.0, "kl": 0.0, "tokens": 0.0, "processed": 0.0}
     stream_sums = {s: 0.0 for s in denominators}
     for k, idx in enumerate(groups):
-        logp, mask = _scores(model, samples, idx, device, cfg.temperature, 0, parts.vocab_size)  # (b, T)
+        logp, mask = _scores(model, samples, idx, device, cfg.temperature, 0, parts.vocab_size,
+                             parts.precision)  # (b, T) fp32
         adv = _advantages(samples, idx, logp.shape[1], device)  # (b,) or per token (b, T)
         per_token, clipped = clipped_policy_loss(
             logp, old.get(k, logp.detach()), adv, eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high,

@@ -177,7 +177,7 @@ class ReasoningEnv(gym.Env[dict[str, np.ndarray], int]):
     - ``tokenizer``: a transformers tokenizer or a :class:`~deepgrpo_env.codec.Codec`; default: the
       embedded default model's tokenizer.
     - ``verifier``: ``"auto"`` (the dataset's), ``"numeric"``, ``"math"``, a callable, or None.
-    - ``prompt``: a :class:`PromptTemplate` or a style name (``"boxed"``, ``"gsm8k-hash"``, ``"plain"``).
+    - ``prompt``: a :class:`PromptTemplate` or a style name (``"boxed"``, ``"gsm8k-hash"``, ``"plain"``, ``"brief"``).
     - ``max_prompt_tokens``, ``max_response_tokens``: observation sizes and the response budget.
     - ``grade_timeout``: hard per-answer grading timeout in seconds.
     - ``render_mode``: ``"ansi"`` (render() returns the text) or ``"human"`` (prints it).

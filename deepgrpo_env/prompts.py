@@ -12,6 +12,8 @@ _INSTRUCTIONS: dict[str, str] = {
     # The DEEP-GRPO paper's GSM8K suffix (docs/methods.md §2).
     "gsm8k-hash": 'Let\'s think step by step and output the final answer after "####".',
     "plain": "",
+    # Short answers: SmolLM2-135M finishes 94% of MAWPS answers within 64 tokens with it (docs/main_job.md).
+    "brief": "Answer briefly and end with the final number.",
 }
 
 
@@ -20,7 +22,7 @@ class PromptTemplate:
     """Turns a question into prompt token ids.
 
     Attributes:
-        style: Which answer instruction follows the question (``"boxed"``, ``"gsm8k-hash"``, ``"plain"``).
+        style: Which answer instruction follows the question (``"boxed"``, ``"gsm8k-hash"``, ``"plain"``, ``"brief"``).
         instruction: Overrides the style's instruction text when not None.
         system: Optional system message (chat templates only).
         chat: Use the tokenizer's chat template when it has one; otherwise plain text.

@@ -1,7 +1,7 @@
 """Generation engines behind a token-id protocol, and :func:`make_engine`, the factory trainers use.
 
 An engine is chosen by name (``GRPOConfig.engine``); :data:`ENGINES` maps each name to a builder
-``(config, model, vocab_size) -> Engine``, imported lazily so that optional backends cost nothing
+``(config, model, vocab_size, dtype) -> Engine``, imported lazily so that optional backends cost nothing
 until used. A new backend adds one entry (see CONTRIBUTING.md).
 """
 
@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 from deepgrpo_agent.engine.protocol import DecodeSession, Engine, SamplingParams
 
-EngineBuilder = Callable[[Any, Any, int], Engine]
-"""``(config, model, vocab_size) -> Engine``."""
+EngineBuilder = Callable[[Any, Any, int, "torch.dtype | None"], Engine]
+"""``(config, model, vocab_size, dtype) -> Engine``; ``dtype`` is the compute dtype to generate in."""
 
 ENGINES: dict[str, str] = {
     "hf": "deepgrpo_agent.engine:_hf_engine",
@@ -22,19 +25,21 @@ ENGINES: dict[str, str] = {
 """Engine name -> import path ``module:function`` of its builder."""
 
 
-def _hf_engine(config: Any, model: Any, vocab_size: int) -> Engine:
+def _hf_engine(config: Any, model: Any, vocab_size: int, dtype: torch.dtype | None) -> Engine:
     from deepgrpo_agent.engine.hf import HFEngine
 
-    return HFEngine(model, vocab_size=vocab_size)
+    return HFEngine(model, vocab_size=vocab_size, dtype=dtype)
 
 
-def make_engine(config: Any, model: Any, *, vocab_size: int) -> Engine:
+def make_engine(config: Any, model: Any, *, vocab_size: int, dtype: torch.dtype | None = None) -> Engine:
     """The engine named by ``config.engine``, generating with ``model`` over ``vocab_size`` tokens.
 
     Args:
         config: A run config (:class:`~deepgrpo_agent.config.GRPOConfig` or a subclass).
         model: The policy being trained (the engine decodes with it and follows ``sync_weights``).
         vocab_size: Size of the env's action space (logits beyond it are never sampled).
+        dtype: Compute dtype to generate in (the run's :class:`~deepgrpo_agent.precision.Precision`);
+            None = the model's own dtype.
 
     Raises:
         ValueError: If ``config.engine`` is not in :data:`ENGINES`.
@@ -44,7 +49,7 @@ def make_engine(config: Any, model: Any, *, vocab_size: int) -> Engine:
         raise ValueError(f"Unknown engine {name!r}; expected one of {sorted(ENGINES)} (GRPOConfig.engine).")
     module, attr = ENGINES[name].split(":")
     builder: EngineBuilder = getattr(importlib.import_module(module), attr)
-    return builder(config, model, vocab_size)
+    return builder(config, model, vocab_size, dtype)
 
 
 __all__ = ["ENGINES", "DecodeSession", "Engine", "EngineBuilder", "SamplingParams", "make_engine"]

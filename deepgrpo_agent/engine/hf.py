@@ -36,6 +36,10 @@ class HFEngine:
             Defaults to the model's output size.
         device: Where input tensors are placed; defaults to the device of the model's parameters.
             The engine never moves the model.
+        dtype: Dtype to generate in. When it differs from the model's parameters (bf16 rollouts of an
+            fp32-master model, docs/precision.md) the engine keeps its own copy of the model in ``dtype``
+            and :meth:`sync_weights` refreshes it from the trained model (the trainer calls it after every
+            update). None = generate with ``model`` itself, in its dtype.
         compact_threshold: Drop ended rows from the KV cache once they make up at least this fraction
             of the live batch (0 = as soon as one ends; None = never). Compaction copies the cache
             once; afterwards every step computes only the remaining rows.
@@ -47,10 +51,16 @@ class HFEngine:
         *,
         vocab_size: int | None = None,
         device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
         compact_threshold: float | None = 0.25,
     ) -> None:
-        self.model = model
         param = next(model.parameters(), None)
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(f"Expected `dtype` to be a floating torch.dtype or None, got {dtype!r}.")
+        if dtype is not None and param is not None and param.dtype != dtype:
+            model = _inference_copy(model, dtype)
+        self.model = model
+        self.dtype = param.dtype if dtype is None and param is not None else dtype
         model_device = param.device if param is not None else torch.device("cpu")
         self.device = torch.device(device) if device is not None else model_device
         if param is not None and not _same_device(self.device, model_device):
@@ -144,11 +154,20 @@ class HFEngine:
         )
 
     def sync_weights(self, model: Any) -> None:
-        """Makes the engine generate with ``model``'s weights (a no-op for the engine's own model)."""
+        """Makes the engine generate with ``model``'s weights (a no-op for the engine's own model); a
+        model in another dtype is cast on the copy."""
         if model is self.model:
             return
         with torch.no_grad():
-            self.model.load_state_dict(model.state_dict())
+            dst = self.model.state_dict()
+            src = model.state_dict()
+            if dst.keys() != src.keys():
+                self.model.load_state_dict(src)  # raises with the missing/unexpected keys
+                return
+            for key, value in src.items():
+                target = dst[key]
+                if target.data_ptr() != value.data_ptr():
+                    target.copy_(value)
 
     def _forward(self, **kwargs: Any) -> Any:
         model = self.model
@@ -363,6 +382,16 @@ def _row_temperatures(
             "without `temperatures` for greedy decoding."
         )
     return temps.astype(np.float32)
+
+
+def _inference_copy(model: Any, dtype: torch.dtype) -> Any:
+    """A frozen eval-mode copy of ``model`` in ``dtype`` (tied weights stay tied)."""
+    import copy
+
+    clone = copy.deepcopy(model).to(dtype).eval()
+    for p in clone.parameters():
+        p.requires_grad_(False)
+    return clone
 
 
 def _output_size(model: Any) -> int | None:
