@@ -42,8 +42,8 @@ from deepgrpo_agent.callbacks import (
     WandbLogger,
 )
 from deepgrpo_agent.config import GRPOConfig, to_dict
-from deepgrpo_agent.engine.hf import HFEngine
-from deepgrpo_agent.engine.protocol import SamplingParams
+from deepgrpo_agent.engine import make_engine
+from deepgrpo_agent.engine.protocol import Engine, SamplingParams
 from deepgrpo_agent.evaluation import evaluate_policy
 from deepgrpo_agent.policy import RANDOM_TINY, load_policy, random_tiny_model, resolve_device, resolve_dtype
 from deepgrpo_agent.rollout import RolloutBatch, branch_rollouts, collect_rollouts
@@ -176,7 +176,7 @@ class GRPOTrainer:
         if model is None:  # "random-tiny": sized to the env, so made after it
             model = random_tiny_model(int(self.env.single_action_space.n), config.seed)
         self.model = model.to(self.device)
-        self.engine = HFEngine(self.model, vocab_size=self.env.single_action_space.n)
+        self.engine = self._make_engine()
         self.ref_model = self._frozen_copy() if config.kl_coef > 0 else None
         self.optimizer = _adamw(self.model, config)
         warmup = max(config.warmup_steps, 0)
@@ -216,6 +216,15 @@ class GRPOTrainer:
         if env_id.split(":")[-1].startswith("MathReasoning") and self.tokenizer is not None:
             kwargs.setdefault("tokenizer", self.tokenizer)
         return gym.make_vec(env_id, num_envs=num_envs, autoreset_mode="Disabled", copy=False, **kwargs)
+
+    def _make_engine(self) -> Engine:
+        """The rollout engine named by ``config.engine``, built around the policy."""
+        cfg = self.config
+        limits = getattr(self.env, "unwrapped", self.env).limits
+        longest = limits.max_prompt_tokens + max(cfg.max_new_tokens, cfg.eval_max_new_tokens or 0)
+        positions = int(getattr(getattr(self.model, "config", None), "max_position_embeddings", 0) or 0)
+        return make_engine(cfg.engine, self.model, vocab_size=int(self.env.single_action_space.n),
+                           max_model_len=max(longest, positions), config=cfg)
 
     def _setup_problem_split(self) -> None:
         cfg = self.config

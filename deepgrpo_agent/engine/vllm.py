@@ -26,6 +26,7 @@ Deviations from :class:`~deepgrpo_agent.engine.hf.HFEngine`:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import shutil
@@ -37,7 +38,13 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from deepgrpo_agent.engine.protocol import Completion, DecodeSession, SamplingParams, token_budgets
+from deepgrpo_agent.engine.protocol import (
+    Completion,
+    DecodeSession,
+    FinishReason,
+    SamplingParams,
+    token_budgets,
+)
 
 __all__ = ["CPU_HEAD_SIZES", "INSTALL_HINT", "VLLMEngine", "vllm_available"]
 
@@ -164,6 +171,7 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         if on_cpu:
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # a shared machine: pin nothing
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # a training loop, not a server: no INFO lines
         vllm = _import_vllm()
         self._vllm = vllm
         self._dir = tempfile.mkdtemp(prefix="deepgrpo-vllm-")
@@ -193,7 +201,7 @@ class VLLMEngine:
             kwargs["gpu_memory_utilization"] = float(gpu_memory_utilization)
         kwargs.update(llm_kwargs)
         try:
-            with _kept_global_rng(), _kept_torch_threads():
+            with _kept_global_rng(), _kept_torch_threads(), _quiet(*_INIT_NOISE):
                 self.llm = vllm.LLM(**kwargs)
         except BaseException:
             shutil.rmtree(self._dir, ignore_errors=True)
@@ -273,10 +281,11 @@ class VLLMEngine:
     def sync_weights(self, model: Any) -> None:
         """Copies ``model``'s weights into vLLM (in place, checkpoint names) and drops the prefix cache."""
         state = model.state_dict()
-        self.llm.collective_rpc(
-            "reload_weights",
-            kwargs={"weights_iterator": _detached(state), "is_checkpoint_format": True},
-        )
+        with _quiet(*_SYNC_NOISE):
+            self.llm.collective_rpc(
+                "reload_weights",
+                kwargs={"weights_iterator": _detached(state), "is_checkpoint_format": True},
+            )
         self.llm.reset_prefix_cache()  # cached KV blocks hold the old weights' keys and values
 
     # -- lifetime -------------------------------------------------------------------------------------
@@ -302,7 +311,7 @@ def _completion(out: Any) -> Completion:
     ids = np.asarray(seq.token_ids, dtype=np.int64)
     lps = seq.logprobs
     logprobs = np.array([lps[t][int(tok)].logprob for t, tok in enumerate(ids)], dtype=np.float32)
-    finish = "stop" if seq.finish_reason == "stop" else "length"
+    finish: FinishReason = "stop" if seq.finish_reason == "stop" else "length"
     return Completion(ids, logprobs, None, finish, int(out.num_cached_tokens or 0))
 
 
@@ -342,9 +351,39 @@ def _kept_global_rng() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _kept_torch_threads() -> Iterator[None]:
-    threads = torch.get_num_threads()
+    """vLLM's CPU worker replaces ``torch.set_num_threads`` by a no-op (it pins threads itself); this
+    engine pins none (``VLLM_CPU_OMP_THREADS_BIND=nobind``), so the caller keeps its thread settings."""
+    set_threads, threads = torch.set_num_threads, torch.get_num_threads()
     try:
         yield
     finally:
+        torch.set_num_threads = set_threads  # type: ignore[assignment]
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
+
+
+class _BelowError(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
+@contextlib.contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    """Drops vLLM log records below ERROR from ``names`` for a while (warnings that do not apply to
+    this use of vLLM). A filter, not a level: vLLM's logging config resets its loggers' levels."""
+    logs = [logging.getLogger(name) for name in names]
+    drop = _BelowError()
+    for log in logs:
+        log.addFilter(drop)
+    try:
+        yield
+    finally:
+        for log in logs:
+            log.removeFilter(drop)
+
+
+_INIT_NOISE = (
+    "vllm.renderers.base",  # without a tokenizer the chat-template warm-up fails; nothing here chats
+    "vllm.v1.worker.cpu_worker",  # "torch.set_num_threads skipped": restored by _kept_torch_threads
+)
+_SYNC_NOISE = ("vllm.model_executor.model_loader.reload.layerwise",)  # rotary caches are not weights
