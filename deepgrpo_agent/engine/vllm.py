@@ -298,6 +298,10 @@ class VLLMEngine:
             del llm
         shutil.rmtree(self._dir, ignore_errors=True)
 
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
     def __enter__(self) -> VLLMEngine:
         return self
 
