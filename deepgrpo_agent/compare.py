@@ -35,7 +35,7 @@ import numpy as np
 
 from deepgrpo_agent.algorithms import get_algorithm
 from deepgrpo_agent.callbacks import Callback
-from deepgrpo_agent.config import check_types, field_types, from_dict, to_dict
+from deepgrpo_agent.config import EngineName, check_types, field_types, from_dict, to_dict
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,8 @@ class CompareConfig:
     """Environment arguments; the default is the level the testbed policy was trained for."""
     model: str = TESTBED_MODEL
     """Initial policy of every run: "arithmetic-testbed", "default", "random-tiny" or a checkpoint directory."""
+    engine: EngineName = "hf"
+    """Generation backend of every run: "hf" or "vllm" (docs/vllm.md); a `train` or strategy value wins over it."""
     train: dict[str, Any] = field(default_factory=testbed_train)
     """Trainer config values shared by the strategies (JSON on the command line, replacing the default dict as a whole), e.g. {"learning_rate": 1e-4}; a strategy-specific field (e.g. DEEP-GRPO's `segment`) goes to the strategies whose config has it (the default: `testbed_train()`)."""
     strategy_overrides: dict[str, Any] = field(default_factory=dict)
@@ -174,7 +176,7 @@ def run_config(cfg: CompareConfig, strategy: str, seed: int) -> Any:
     config_cls, _ = get_algorithm(spec.algo)
     fields = field_types(config_cls)
     shared = {k: v for k, v in cfg.train.items() if k in fields}  # e.g. `segment` only for DEEP-GRPO configs
-    values: dict[str, Any] = {"total_steps": 1_000_000, **shared, **spec.overrides,
+    values: dict[str, Any] = {"total_steps": 1_000_000, "engine": cfg.engine, **shared, **spec.overrides,
                               **cfg.strategy_overrides.get(strategy, {})}
     values.update(
         env_id=cfg.env_id, env_kwargs=dict(cfg.env_kwargs), model=cfg.model, seed=seed,
@@ -198,6 +200,9 @@ when 0), so that run directories written before these fields existed are still r
 def _fingerprint(config: Any) -> str:
     values = {k: v for k, v in to_dict(config).items()
               if not (k in _PLACEMENT and (k in ("resume", "ray_address") or v == _PLACEMENT[k]))}
+    if values.get("engine") == "hf":  # runs from before the engine fields existed keep their fingerprint
+        for key in ("engine", "vllm_kv_cache_gb", "vllm_gpu_memory_utilization"):
+            values.pop(key, None)
     return hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

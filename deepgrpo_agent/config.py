@@ -46,6 +46,8 @@ DynamicSampling = Literal["off", "drop", "refill"]
 """What to do with zero-variance groups."""
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 """Compute dtypes (bfloat16 = mixed precision with fp32 master weights)."""
+EngineName = Literal["hf", "vllm"]
+"""Generation backends (the keys of :data:`deepgrpo_agent.engine.ENGINES`)."""
 
 # -- reading the dataclasses ---------------------------------------------------------------------------
 
@@ -381,6 +383,12 @@ class GRPOConfig:
     """GPUs each rollout worker asks Ray for (0.5 = two workers per GPU); > 0 puts its engine on CUDA."""
     ray_address: str | None = None
     """Ray cluster of the rollout workers: None starts one on this machine, "auto" joins the running one, "ray://HOST:10001" a remote one."""
+    engine: EngineName = "hf"
+    """Generation backend of every rollout and evaluation: "hf" (transformers, always installed) or "vllm" (vLLM in this process, on the CPU or CUDA; install with `bash scripts/setup.sh --vllm`, see docs/vllm.md)."""
+    vllm_kv_cache_gb: float = 2.0
+    """engine="vllm": KV-cache memory in GiB (0 on CUDA = size it by `vllm_gpu_memory_utilization` instead)."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """engine="vllm" on CUDA: fraction of the GPU vLLM may take (the trained model and its optimizer share the GPU)."""
 
     # -- optimisation
     total_steps: int = 50
@@ -493,6 +501,13 @@ class GRPOConfig:
             (0.0 < self.top_p <= 1.0, "top_p", "in (0, 1]", "Use 1.0 to turn nucleus sampling off."),
             (self.rollout_workers >= 0, "rollout_workers", ">= 0", "Use 0 to collect in this process."),
             (self.rollout_worker_gpus >= 0.0, "rollout_worker_gpus", ">= 0", "Use 0 for CPU workers."),
+            (self.vllm_kv_cache_gb >= 0.0, "vllm_kv_cache_gb", ">= 0", "Use e.g. 2 (GiB)."),
+            (
+                0.0 < self.vllm_gpu_memory_utilization <= 1.0,
+                "vllm_gpu_memory_utilization",
+                "in (0, 1]",
+                "Use e.g. 0.3: the training model needs the rest of the GPU.",
+            ),
         ]
 
     def _optimisation_checks(self) -> list[tuple[bool, str, str, str]]:

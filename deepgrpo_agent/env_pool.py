@@ -254,6 +254,11 @@ class EnvPool:
         """Size of the envs' action space (the policy's vocabulary must cover it)."""
         return int(self.root.single_action_space.n)
 
+    @property
+    def max_prompt_tokens(self) -> int:
+        """Longest prompt of the training env (``limits.max_prompt_tokens``; engines size their context by it)."""
+        return int(self.root.limits.max_prompt_tokens)
+
     def close(self) -> None:
         """Closes every env the pool built."""
         for venv in (self.root, self._branch, self._eval):

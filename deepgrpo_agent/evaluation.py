@@ -84,26 +84,35 @@ def evaluate_config(config: GRPOConfig, *, model: Any = None, tokenizer: Any = N
     split and the eval env, and the config's engine; no optimizer, logger or training rollouts.
     """
     import envs_registry
-    from deepgrpo_agent.engine import make_engine
+    from deepgrpo_agent.engine import engine_max_len, make_engine
     from deepgrpo_agent.env_pool import EnvPool
     from deepgrpo_agent.policy import (
         RANDOM_TINY,
+        load_dtype,
         load_policy,
+        model_precision,
         random_tiny_model,
         resolve_device,
-        resolve_dtype,
     )
 
     envs_registry.check_id(config.env_id)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     if model is None and config.model != RANDOM_TINY:
-        model, tokenizer = load_policy(config.model, device=device, dtype=resolve_dtype(config.dtype, device))
+        model, tokenizer = load_policy(config.model, device=device, dtype=load_dtype(config.dtype, device))
     envs = EnvPool(config, roots=1, tokenizer=tokenizer)
     try:
         if model is None:
             model = random_tiny_model(envs.vocab_size, config.seed)
         model = model.to(device).eval()
-        return evaluate_on_pool(envs, make_engine(config, model, vocab_size=envs.vocab_size), config)
+        precision = model_precision(model, config.dtype, device)
+        engine = make_engine(config, model, vocab_size=envs.vocab_size, dtype=precision.compute_dtype,
+                             max_model_len=engine_max_len(config, envs.max_prompt_tokens, model))
+        try:
+            return evaluate_on_pool(envs, engine, config)
+        finally:
+            close = getattr(engine, "close", None)
+            if callable(close):
+                close()
     finally:
         envs.close()

@@ -6,7 +6,14 @@ decodes. Three entry points:
 - :func:`collect_rollouts`: GRPO roots, ``group_size`` rows per problem, each prompt prefilled once.
 - :func:`branch_rollouts`: the branching primitive, ``branches`` continuations of each restored
   :class:`~deepgrpo_env.state.EnvState`, each prefix prefilled once.
-- :func:`rollout_loop`: the decode loop both share (sample, step the env, advance the session).
+- :func:`rollout_loop`: the decode loop both share with a token-step engine (sample, step the env,
+  advance the session).
+
+A request-level engine (``engine.request_level``, vLLM) instead generates whole completions at once,
+with the env's stop ids and each row's remaining response budget as its stop conditions;
+:func:`replay_completions` then steps them through the env token by token, so the env still ends and
+grades every episode. Where the two disagree the env wins and the row is counted in
+``RolloutBatch.engine_disagreements`` (0 when the stop conditions agree, as the tests check).
 
 Sub-env layout: a call with ``n`` rows uses sub-envs ``0 .. n-1``; ``venv.num_envs`` must be at least
 ``n``. The env must use ``autoreset_mode="Disabled"`` so that ended sub-envs stay inert; sub-envs past
@@ -28,7 +35,7 @@ import numpy.typing as npt
 import torch
 from gymnasium.vector import AutoresetMode
 
-from deepgrpo_agent.engine.protocol import DecodeSession, Engine, SamplingParams
+from deepgrpo_agent.engine.protocol import Completion, DecodeSession, Engine, SamplingParams
 from deepgrpo_env.state import EnvState
 
 __all__ = [
@@ -38,6 +45,7 @@ __all__ = [
     "RolloutEnv",
     "branch_rollouts",
     "collect_rollouts",
+    "replay_completions",
     "rollout_loop",
 ]
 
@@ -85,6 +93,8 @@ class LoopResult:
         terminated: The row emitted a stop token.
         truncated: The env's response budget ran out, or the row was cut by ``max_new_tokens``.
         steps: Env steps taken.
+        disagreements: Rows the engine ended at another token than the env did (request-level
+            engines only; the env's ending is kept).
     """
 
     new_ids: list[npt.NDArray[np.int64]]
@@ -96,6 +106,7 @@ class LoopResult:
     terminated: npt.NDArray[np.bool_]
     truncated: npt.NDArray[np.bool_]
     steps: int
+    disagreements: int = 0
 
 
 @dataclass
@@ -123,10 +134,14 @@ class RolloutBatch:
         prefilled_tokens: Prompt/prefix tokens prefilled in total (each start sequence once).
         states: Each row's env state at the end of generation; use :meth:`prefix_state` to get a
             state inside a trajectory (a pivot) for :func:`branch_rollouts`.
-        prefill_s: Wall time of the prefill (``engine.start``).
-        decode_s: Wall time of the decode loop (env steps and grading included).
+        prefill_s: Wall time of the prefill (``engine.start``); 0 with a request-level engine, whose
+            prefill is inside ``decode_s``.
+        decode_s: Wall time of the decode loop (env steps and grading included); with a
+            request-level engine, ``engine.generate`` plus the replay through the env.
         temperatures: (N,) float64 sampling temperature of each row when the caller gave per-group
             temperatures; None = every row was sampled at ``params.temperature``.
+        engine_disagreements: Rows a request-level engine ended at another token than the env
+            (see :func:`replay_completions`); always 0 for token-step engines.
     """
 
     problem_index: npt.NDArray[np.int64]
@@ -148,6 +163,7 @@ class RolloutBatch:
     prefill_s: float = 0.0
     decode_s: float = 0.0
     temperatures: npt.NDArray[np.float64] | None = None
+    engine_disagreements: int = 0
 
     def __len__(self) -> int:
         return int(self.problem_index.shape[0])
@@ -194,7 +210,7 @@ def rollout_loop(
     """
     rows_a = np.asarray(rows, dtype=np.intp)
     n = int(rows_a.shape[0])
-    _check_loop_inputs(venv, session, rows_a)
+    _check_loop_inputs(venv, session.num_rows, rows_a)
     horizon = params.max_new_tokens
     tok_buf = np.zeros((horizon, n), dtype=np.int64)
     lp_buf = np.zeros((horizon, n), dtype=np.float32)
@@ -244,6 +260,105 @@ def rollout_loop(
     )
 
 
+def replay_completions(
+    venv: Any,
+    completions: Sequence[Completion],
+    rows: Sequence[int] | npt.NDArray[np.integer],
+    budgets: Sequence[int] | npt.NDArray[np.integer],
+) -> LoopResult:
+    """Steps whole completions through the env token by token; the env ends and grades each row.
+
+    Completion ``j`` drives sub-env ``rows[j]``. A row ends where the env ends it (its stop token
+    or its response budget); tokens the completion has past that point are dropped. A completion
+    that runs out while its env row is still live was cut by its token budget ``budgets[j]``
+    (``params.max_new_tokens`` below the env's remaining budget): the row counts as truncated with
+    reward 0.0 and status :data:`CUT_STATUS`, as in :func:`rollout_loop`, and its sub-env is left
+    live. Rows that ended at another token than the engine said (the env ended them before the
+    completion's last token, or the completion stopped or ran out of budget where the env saw
+    neither) are counted in ``disagreements``.
+
+    Args:
+        venv: The vector env, as for :func:`rollout_loop` (``rows`` live, every other sub-env inert).
+        completions: One completion per row.
+        rows: Sub-env index of each completion.
+        budgets: The token budget each completion was generated with.
+    """
+    rows_a = np.asarray(rows, dtype=np.intp)
+    n = int(rows_a.shape[0])
+    if len(completions) != n or len(budgets) != n:
+        raise ValueError(
+            f"Expected one completion and one budget per row ({n}), got {len(completions)} and {len(budgets)}."
+        )
+    _check_loop_inputs(venv, n, rows_a)
+    lens = np.array([c.token_ids.shape[0] for c in completions], dtype=np.int64)
+    horizon = int(lens.max()) if n else 0
+    tok = np.zeros((max(horizon, 1), n), dtype=np.int64)
+    for j, c in enumerate(completions):
+        tok[: lens[j], j] = c.token_ids
+    taken = np.zeros(n, dtype=np.int64)
+    live = np.ones(n, dtype=bool)
+    actions = np.zeros(venv.num_envs, dtype=np.int64)  # ended sub-envs ignore theirs
+    rewards = np.zeros(n, dtype=np.float64)
+    correct = np.full(n, False, dtype=object)
+    status = np.full(n, CUT_STATUS, dtype=object)
+    terminated = np.zeros(n, dtype=bool)
+    truncated = np.zeros(n, dtype=bool)
+    held: dict[int, EnvState] = {}  # live states of rows cut mid-replay, parked until the end
+    steps = 0
+    for t in range(horizon):
+        out = live & (lens <= t)
+        if out.any():
+            # Cut rows must not be stepped with the others' tokens: park them, restore them after.
+            which = rows_a[out].tolist()
+            for r, state in zip(which, venv.snapshot(which)):
+                held[r] = state
+            venv.reset_to([dataclasses.replace(held[r], terminated=True, truncated=False) for r in which], which)
+            live &= ~out
+        actions[rows_a] = tok[t]
+        _, step_rewards, term, trunc, info = venv.step(actions)
+        steps += 1
+        taken += live
+        ended = live & (term[rows_a] | trunc[rows_a])
+        if ended.any():
+            which_j = np.flatnonzero(ended)
+            env_rows = rows_a[which_j]
+            score = np.asarray(info["score"], dtype=np.float64)[env_rows]
+            rewards[which_j] = np.where(np.isnan(score), np.nan, step_rewards[env_rows])
+            correct[which_j] = info["correct"][env_rows]
+            status[which_j] = info["grade_status"][env_rows]
+            terminated[which_j] = term[env_rows]
+            truncated[which_j] = trunc[env_rows]
+            live &= ~ended
+        if not live.any():
+            break
+    if held:
+        venv.reset_to(list(held.values()), list(held))
+    cut = ~(terminated | truncated)
+    truncated |= cut  # cut by the token budget: reward 0.0, correct False, status CUT_STATUS
+    finish_stop = np.array([c.finish == "stop" for c in completions], dtype=bool)
+    agreed = np.where(
+        cut,
+        ~finish_stop & (lens == np.asarray(budgets, dtype=np.int64)),  # cut only by the engine's own budget
+        (taken == lens) & (terminated == finish_stop),  # the env ended the row at the completion's last token
+    )
+    return LoopResult(
+        new_ids=[c.token_ids[: taken[j]].astype(np.int64, copy=True) for j, c in enumerate(completions)],
+        logprobs=[c.logprobs[: taken[j]].astype(np.float32, copy=True) for j, c in enumerate(completions)],
+        entropies=[
+            np.full(taken[j], np.nan, dtype=np.float32) if c.entropies is None
+            else c.entropies[: taken[j]].astype(np.float32, copy=True)
+            for j, c in enumerate(completions)
+        ],
+        rewards=rewards,
+        correct=correct,
+        grade_status=[str(x) for x in status],
+        terminated=terminated,
+        truncated=truncated,
+        steps=steps,
+        disagreements=int((~agreed).sum()),
+    )
+
+
 def collect_rollouts(
     venv: RolloutEnv,
     engine: Engine,
@@ -279,12 +394,10 @@ def collect_rollouts(
     rows = np.arange(n)
     _park_others(venv, n)
     prompts = [venv.prompt_ids(i * group_size) for i in range(len(indices))]
-    t0 = time.perf_counter()
     row_temps = _group_temperatures(temperatures, len(indices), int(group_size), "problem")
-    session = _start(engine, prompts, params, int(group_size), row_temps)
-    t1 = time.perf_counter()
-    result = rollout_loop(venv, session, rows, params, generator)
-    t2 = time.perf_counter()
+    result, prefilled, prefill_s, decode_s = _generate(
+        venv, engine, prompts, [0] * len(prompts), rows, params, int(group_size), row_temps, generator
+    )
     empty = np.zeros(0, dtype=np.int64)
     empty.setflags(write=False)
     batch = _assemble(
@@ -294,9 +407,10 @@ def collect_rollouts(
         np.repeat(np.arange(len(indices)), group_size),
         [prompts[i // group_size] for i in range(n)],
         [empty] * n,
-        _prefilled(session, prompts),
+        prefilled,
     )
-    batch.prefill_s, batch.decode_s = t1 - t0, t2 - t1
+    batch.prefill_s, batch.decode_s = prefill_s, decode_s
+    batch.engine_disagreements = result.disagreements
     batch.temperatures = row_temps
     return batch
 
@@ -339,12 +453,10 @@ def branch_rollouts(
     rows = np.arange(n)
     _park_others(venv, n)
     starts = [np.concatenate([s.prompt_ids, s.response_ids]) for s in states]
-    t0 = time.perf_counter()
     row_temps = _group_temperatures(temperatures, len(states), int(branches), "state")
-    session = _start(engine, starts, params, int(branches), row_temps)
-    t1 = time.perf_counter()
-    result = rollout_loop(venv, session, rows, params, generator)
-    t2 = time.perf_counter()
+    result, prefilled, prefill_s, decode_s = _generate(
+        venv, engine, starts, [s.depth for s in states], rows, params, int(branches), row_temps, generator
+    )
     batch = _assemble(
         venv,
         rows,
@@ -352,9 +464,10 @@ def branch_rollouts(
         np.repeat(np.arange(len(states)), branches),
         [states[i // branches].prompt_ids for i in range(n)],
         [states[i // branches].response_ids for i in range(n)],
-        _prefilled(session, starts),
+        prefilled,
     )
-    batch.prefill_s, batch.decode_s = t1 - t0, t2 - t1
+    batch.prefill_s, batch.decode_s = prefill_s, decode_s
+    batch.engine_disagreements = result.disagreements
     batch.temperatures = row_temps
     return batch
 
@@ -374,10 +487,10 @@ def _check_env(venv: RolloutEnv, needed: int, what: str) -> None:
         )
 
 
-def _check_loop_inputs(venv: RolloutEnv, session: DecodeSession, rows: npt.NDArray[np.intp]) -> None:
-    if session.num_rows != rows.shape[0]:
+def _check_loop_inputs(venv: RolloutEnv, num_rows: int, rows: npt.NDArray[np.intp]) -> None:
+    if num_rows != rows.shape[0]:
         raise ValueError(
-            f"Expected one sub-env index per session row ({session.num_rows}), got {rows.shape[0]}."
+            f"Expected one sub-env index per session row ({num_rows}), got {rows.shape[0]}."
         )
     if rows.size and (rows.min() < 0 or rows.max() >= venv.num_envs or np.unique(rows).size != rows.size):
         raise ValueError(f"Expected distinct sub-env indices in [0, {venv.num_envs}), got {rows.tolist()}.")
@@ -420,6 +533,42 @@ def _group_temperatures(
             f"{temps.tolist()}; pass None to sample every row at params.temperature."
         )
     return np.repeat(temps, size)
+
+
+def _generate(
+    venv: Any,
+    engine: Engine,
+    starts: Sequence[npt.NDArray[np.int64]],
+    depths: Sequence[int],
+    rows: npt.NDArray[np.intp],
+    params: SamplingParams,
+    repeat: int,
+    row_temps: npt.NDArray[np.float64] | None,
+    generator: torch.Generator | None,
+) -> tuple[LoopResult, int, float, float]:
+    """Runs the engine in its native mode on ``repeat`` copies of each start sequence.
+
+    Returns:
+        ``(result, prefilled tokens, prefill seconds, decode seconds)``.
+    """
+    t0 = time.perf_counter()
+    if not getattr(engine, "request_level", False):
+        session = _start(engine, starts, params, repeat, row_temps)
+        t1 = time.perf_counter()
+        result = rollout_loop(venv, session, rows, params, generator)
+        return result, _prefilled(session, starts), t1 - t0, time.perf_counter() - t1
+    # The env's own stop conditions: its stop ids and each row's remaining response budget.
+    core = getattr(venv, "unwrapped", venv)
+    remaining = core.limits.max_response_tokens - np.asarray(depths, dtype=np.int64)
+    budgets = np.minimum(remaining, params.max_new_tokens)
+    completions = engine.generate(
+        starts, params, repeat=repeat, temperatures=row_temps, stop_token_ids=tuple(core.codec.stop_token_ids),
+        max_tokens=budgets.tolist(), generator=generator,
+    )
+    result = replay_completions(venv, completions, rows, np.repeat(budgets, repeat))
+    lengths = np.repeat([len(s) for s in starts], repeat)
+    prefilled = int(sum(int(lengths[j]) - c.cached_tokens for j, c in enumerate(completions)))
+    return result, prefilled, 0.0, time.perf_counter() - t0
 
 
 def _start(

@@ -46,7 +46,7 @@ from deepgrpo_agent.callbacks import (
     WandbLogger,
 )
 from deepgrpo_agent.config import GRPOConfig, to_dict
-from deepgrpo_agent.engine import Engine, make_engine
+from deepgrpo_agent.engine import Engine, engine_max_len, make_engine
 from deepgrpo_agent.engine.protocol import SamplingParams
 from deepgrpo_agent.env_pool import EnvFactory, EnvPool
 from deepgrpo_agent.evaluation import evaluate_on_pool
@@ -154,7 +154,8 @@ class GRPOTrainer:
         # where the hardware multiplies bf16 natively.
         self.precision = model_precision(self.model, config.dtype, self.device)
         self.engine = engine if engine is not None else make_engine(
-            config, self.model, vocab_size=self.vocab_size, dtype=self.precision.compute_dtype)
+            config, self.model, vocab_size=self.vocab_size, dtype=self.precision.compute_dtype,
+            max_model_len=engine_max_len(config, self.envs.max_prompt_tokens, self.model))
         self.ref_model = self._frozen_copy() if config.kl_coef > 0 else None
         self.update_settings = UpdateSettings.from_config(config)
         self.optimizer = _adamw(self.model, config)

@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
-# Sets up .venv (scripts/setup.sh) and runs the checks CI runs: ruff, mypy, then the test suite.
+# Sets up .venv (scripts/setup.sh) and runs the checks CI runs: ruff, mypy, the test suite, then the
+# vLLM tier (tests marked `vllm`) in .venv-vllm (scripts/setup.sh --vllm).
+#
+# With arguments, only the suite runs, with them (e.g. `bash scripts/test.sh tests/agent/test_engine.py`).
+# DEEPGRPO_VLLM_TIER=0 skips the vLLM tier (it needs an x86_64 CPU with AVX-512, or CUDA).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -11,3 +15,10 @@ mypy --strict deepgrpo_env deepgrpo_agent envs_registry
 [ "${DEEPGRPO_RAY:-1}" = 0 ] || python -c "import ray" || { echo "ray tier: Ray is missing after scripts/setup.sh" >&2; exit 1; }
 # --- end ray tier ---
 python -m pytest -q "$@"
+deactivate
+if [ $# -eq 0 ] && [ "${DEEPGRPO_VLLM_TIER:-1}" != 0 ]; then
+  start=$(date +%s)
+  bash scripts/setup.sh --vllm
+  echo "vLLM venv ready in $(( $(date +%s) - start )) s"
+  .venv-vllm/bin/python -m pytest -q -m vllm -p no:cacheprovider
+fi

@@ -12,7 +12,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from deepgrpo_agent.engine.protocol import SamplingParams
+from deepgrpo_agent.engine.protocol import Completion, SamplingParams, generate_by_steps
 from deepgrpo_agent.scoring import restrict_vocab
 
 __all__ = ["HFDecodeSession", "HFEngine"]
@@ -44,6 +44,9 @@ class HFEngine:
             of the live batch (0 = as soon as one ends; None = never). Compaction copies the cache
             once; afterwards every step computes only the remaining rows.
     """
+
+    request_level = False
+    """Token-step engine: the rollout drives :meth:`start` sessions through the env step by step."""
 
     def __init__(
         self,
@@ -152,6 +155,21 @@ class HFEngine:
             self, cache, logits, mask_t, width, lengths_t, params, prefilled_tokens=int(lengths.sum()),
             temperatures=None if row_temps is None else torch.from_numpy(row_temps).to(dev),
         )
+
+    def generate(
+        self,
+        sequences: Sequence[npt.NDArray[np.int64]],
+        params: SamplingParams,
+        *,
+        repeat: int = 1,
+        temperatures: Sequence[float] | npt.NDArray[np.floating] | None = None,
+        stop_token_ids: Sequence[int] = (),
+        max_tokens: Sequence[int] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> list[Completion]:
+        """Whole completions from one :meth:`start` session (see :func:`~deepgrpo_agent.engine.protocol.generate_by_steps`)."""
+        return generate_by_steps(self, sequences, params, repeat=repeat, temperatures=temperatures,
+                                 stop_token_ids=stop_token_ids, max_tokens=max_tokens, generator=generator)
 
     def sync_weights(self, model: Any) -> None:
         """Makes the engine generate with ``model``'s weights (a no-op for the engine's own model); a
