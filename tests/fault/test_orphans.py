@@ -120,7 +120,8 @@ def test_cpu_limit_backstop_kills_a_runaway_task() -> None:
         start = time.monotonic()
         code = proc.wait(timeout=30)
         assert code == -signal.SIGXCPU, code
-        assert time.monotonic() - start < 10
+        # ~2 CPU seconds; the wall-clock bound is loose because a loaded 2-core machine stretches them.
+        assert time.monotonic() - start < 25
     finally:
         proc.kill()
         proc.wait()
