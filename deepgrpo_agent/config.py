@@ -359,8 +359,6 @@ class GRPOConfig:
     """Compute dtype; "auto" is bfloat16 on CUDA and on CPUs with native bf16 (avx512_bf16/amx_bf16 flags) for models of >= 10M parameters, else float32. bfloat16 is mixed precision: fp32 master weights and AdamW state, bf16 autocast in the update, a bf16 copy of the weights for rollouts (docs/precision.md)."""
     seed: int = 0
     """Seed of every random choice of the run (problem order, sampling, initialisation)."""
-    engine: str = "hf"
-    """Generation engine of the rollouts (deepgrpo_agent.engine.ENGINES): "hf" (KV-cache decoding with the trained transformers model)."""
     env_wrappers: list[Any] = field(default_factory=list)
     """Vector-env wrappers applied, in order, to every env of the run (root, branch and evaluation): each an import path "module:Class" or {"class": "module:Class", "kwargs": {...}}, e.g. "deepgrpo_env.vector_wrappers:FormatReward"."""
 

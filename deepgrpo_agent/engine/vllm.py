@@ -366,7 +366,7 @@ def _kept_torch_threads() -> Iterator[None]:
     try:
         yield
     finally:
-        torch.set_num_threads = set_threads  # type: ignore[assignment]
+        torch.set_num_threads = set_threads
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
 
