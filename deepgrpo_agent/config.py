@@ -498,6 +498,12 @@ class GRPOConfig:
             ),
             (0.0 < self.top_p <= 1.0, "top_p", "in (0, 1]", "Use 1.0 to turn nucleus sampling off."),
             (self.rollout_workers >= 0, "rollout_workers", ">= 0", "Use 0 to collect in this process."),
+            (
+                self.rollout_workers == 0 or self.engine == "hf",
+                "rollout_workers",
+                f"0 with engine={self.engine!r} (Ray rollout workers run the 'hf' engine only)",
+                "Use engine='hf' with rollout_workers, or rollout_workers=0 with vLLM (it batches in-process).",
+            ),
             (self.rollout_worker_gpus >= 0.0, "rollout_worker_gpus", ">= 0", "Use 0 for CPU workers."),
             (self.vllm_kv_cache_gb >= 0.0, "vllm_kv_cache_gb", ">= 0", "Use e.g. 2 (GiB)."),
             (

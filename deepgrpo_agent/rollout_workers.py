@@ -380,9 +380,12 @@ class RolloutWorkerPool:
         if trainer.tokenizer is not None and registered is not None and registered.takes_tokenizer:
             env_kwargs.setdefault("tokenizer", trainer.tokenizer)
         param = next(model.parameters())
+        # Workers generate in the run's compute dtype (bf16 rollouts of an fp32-master model, docs/precision.md).
+        precision = getattr(trainer, "precision", None)
+        dtype = precision.compute_dtype if precision is not None else param.dtype
         gpus = float(cfg.rollout_worker_gpus)
         spec = WorkerSpec(make_env=RegistryEnv(cfg.env_id, env_kwargs), model_config=hf_config.to_dict(),
-                          dtype=str(param.dtype).removeprefix("torch."), device="cuda" if gpus > 0 else "cpu",
+                          dtype=str(dtype).removeprefix("torch."), device="cuda" if gpus > 0 else "cpu",
                           engine=str(getattr(cfg, "engine", "hf")), threads=1)
         pool = cls(spec, cfg.rollout_workers, address=cfg.ray_address, gpus_per_worker=gpus)
         pool.broadcast(model)

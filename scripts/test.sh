@@ -20,5 +20,5 @@ if [ $# -eq 0 ] && [ "${DEEPGRPO_VLLM_TIER:-1}" != 0 ]; then
   start=$(date +%s)
   bash scripts/setup.sh --vllm
   echo "vLLM venv ready in $(( $(date +%s) - start )) s"
-  .venv-vllm/bin/python -m pytest -q -m vllm -p no:cacheprovider
+  .venv-vllm/bin/python -m pytest -q -rs -m vllm -p no:cacheprovider
 fi

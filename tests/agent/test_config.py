@@ -242,3 +242,10 @@ def test_dump_yaml_refuses_objects(tmp_path):
     cfg = GRPOConfig(env_kwargs={"verifier": object()})
     with pytest.raises(ValueError, match="`env_kwargs` to YAML"):
         dump_yaml(cfg, tmp_path / "cfg.yaml")
+
+
+def test_ray_rollout_workers_refuse_the_vllm_engine():
+    with pytest.raises(ValueError, match=r"Expected `rollout_workers` 0 with engine='vllm'.*got 2"):
+        GRPOConfig(engine="vllm", rollout_workers=2)
+    GRPOConfig(engine="vllm", rollout_workers=0)
+    GRPOConfig(engine="hf", rollout_workers=2)
