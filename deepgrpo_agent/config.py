@@ -366,7 +366,7 @@ class GRPOConfig:
     prompts_per_step: int = 4
     """Prompts (groups) sampled per training step."""
     train_problems: int = 0
-    """Train on the first this many problems of the train split only (a finite pool revisited in epochs, as ERPO's per-prompt history needs); 0 = the whole split."""
+X
     group_size: int = 8
     """Responses sampled per prompt (G); each response's advantage is relative to its group."""
     max_new_tokens: int = 256

@@ -177,8 +177,13 @@ class GRPOTrainer:
 
     @property
     def train_range(self) -> tuple[int, int]:
-        """Training problems are the indices in ``[lo, hi)``."""
+        """Every training problem index lies in ``[lo, hi)`` (EnvPool.train_range)."""
         return self.envs.train_range
+
+    @property
+    def train_indices(self) -> np.ndarray | None:
+        """The training problem indices, or None for a procedural source (i.i.d. from ``train_range``)."""
+        return self.envs.train_indices
 
     @property
     def eval_indices(self) -> np.ndarray:
@@ -358,13 +363,16 @@ class GRPOTrainer:
         """The next ``count`` training problems: epochs of seeded permutations of the train split, or
         i.i.d. draws when the split is too large to permute (procedural sources)."""
         lo, hi = self.train_range
-        if hi - lo > _MAX_EPOCH_SIZE:
+        pool = self.train_indices
+        if pool is None and hi - lo > _MAX_EPOCH_SIZE:
             # A procedural source (Arithmetic-v0 has 2**31 problems): draw i.i.d., never materialize.
             return self.rng.integers(lo, hi, size=count, dtype=np.int64)
+        if pool is None:
+            pool = np.arange(lo, hi)
         out: list[int] = []
         while len(out) < count:
             if self._order.size == 0:
-                self._order = self.rng.permutation(np.arange(lo, hi))
+                self._order = self.rng.permutation(pool)
             take = min(count - len(out), self._order.size)
             out.extend(self._order[:take].tolist())
             self._order = self._order[take:]
