@@ -165,6 +165,9 @@ class GRPOTrainer:
         )
         self.callbacks: list[Callback] = self._builtin_callbacks() + list(callbacks)
         self.eval_history: list[dict[str, float]] = []
+        # Per-problem greedy correctness of each evaluation of this process (eval_indices order; not
+        # checkpointed): paired before -> after differences (deepgrpo main).
+        self.eval_correct: list[np.ndarray] = []
         self._rollout_pool: Any = None  # Ray rollout workers (config.rollout_workers > 0), started on first use
         if config.resume:
             self._resume()
@@ -486,7 +489,9 @@ class GRPOTrainer:
     def evaluate(self, step: int | None = None) -> dict[str, float]:
         """Greedy accuracy and pass@k on the held-out problems (see :func:`~deepgrpo_agent.evaluation.evaluate_on_pool`)."""
         step = self.step if step is None else step
-        metrics = evaluate_on_pool(self.envs, self.engine, self.config, step=step)
+        correct: list[bool] = []
+        metrics = evaluate_on_pool(self.envs, self.engine, self.config, step=step, correct_out=correct)
+        self.eval_correct.append(np.array(correct, dtype=bool))
         self.model.train()
         metrics["budget/generated_tokens"] = float(self.budget.generated_tokens)  # x axis of equal-budget curves
         self.eval_history.append({"step": float(step), **metrics})
