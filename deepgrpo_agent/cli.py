@@ -141,19 +141,20 @@ def cmd_eval(argv: Sequence[str]) -> int:
 
 
 MAIN_JOB = [
-    "--env-id", "MathReasoning-MAWPS-v0",
+    "--env-id", "MathReasoning-MAWPS-SingleOp-v0",
     "--env-kwargs", '{"prompt": "brief"}',
     "--model", "default",
     "--dtype", "auto",
     "--prompts-per-step", "4",
     "--group-size", "8",
-    "--max-new-tokens", "64",
-    "--total-steps", "12",
-    "--learning-rate", "3e-5",
-    "--eval-every", "12",
+    "--max-new-tokens", "48",
+    "--total-steps", "16",
+    "--learning-rate", "2e-5",
+    "--loss-aggregation", "sequence-mean",
+    "--eval-every", "16",
     "--eval-problems", "200",
     "--pass-k", "0",
-    "--save-every", "6",
+    "--save-every", "8",
     "--no-progress",
     "--output-dir", "runs/main",
 ]
@@ -252,12 +253,13 @@ class StepPrinter(Callback):
 
 
 def cmd_main(argv: Sequence[str]) -> int:
-    """The README's main job: a short real GRPO run of the default model on MAWPS, on the CPU."""
+    """The README's main job: a short real GRPO run of the default model on MAWPS singleop, on the CPU."""
     from deepgrpo_agent.config import GRPOConfig
     from deepgrpo_agent.config_cli import parse_config
     from deepgrpo_agent.trainer import GRPOTrainer
 
-    print("deepgrpo main job: GRPO on MathReasoning-MAWPS-v0 with SmolLM2-135M-Instruct (embedded).")
+    print("deepgrpo main job: GRPO on MAWPS one-operation word problems (MathReasoning-MAWPS-SingleOp-v0) "
+          "with SmolLM2-135M-Instruct (embedded).")
     print("Held-out greedy accuracy is measured before and after training (reward = correctness only).\n")
     start = time.perf_counter()
     config = parse_config(GRPOConfig, MAIN_JOB + list(argv), prog=f"{PROG} main")
