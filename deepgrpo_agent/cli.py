@@ -175,7 +175,7 @@ def paired_gain(before: Sequence[bool], after: Sequence[bool]) -> tuple[float, f
     Raises:
         ValueError: If the two evaluations are not of the same (non-zero) number of problems.
     """
-    if len(before) != len(after) or not before:
+    if len(before) != len(after) or len(before) == 0:
         raise ValueError(
             f"Expected two evaluations of the same problems, got {len(before)} and {len(after)} answers."
         )
@@ -267,7 +267,7 @@ def cmd_main(argv: Sequence[str]) -> int:
     trainer = GRPOTrainer(config, callbacks=[StepPrinter()])
     trainer.train()
     print()
-    for line in accuracy_summary(trainer.eval_history, trainer.eval_correct):
+    for line in accuracy_summary(trainer.eval_history, [c.tolist() for c in trainer.eval_correct]):
         print(line)
     print(f"wall time {time.perf_counter() - start:.0f} s (evaluation included)")
     _summary(trainer)
