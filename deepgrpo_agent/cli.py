@@ -141,19 +141,20 @@ def cmd_eval(argv: Sequence[str]) -> int:
 
 
 MAIN_JOB = [
-    "--env-id", "MathReasoning-MAWPS-v0",
+    "--env-id", "MathReasoning-MAWPS-SingleOp-v0",
     "--env-kwargs", '{"prompt": "brief"}',
     "--model", "default",
     "--dtype", "auto",
     "--prompts-per-step", "4",
     "--group-size", "8",
-    "--max-new-tokens", "64",
-    "--total-steps", "12",
-    "--learning-rate", "3e-5",
-    "--eval-every", "12",
+    "--max-new-tokens", "48",
+    "--total-steps", "16",
+    "--learning-rate", "2e-5",
+    "--loss-aggregation", "sequence-mean",
+    "--eval-every", "16",
     "--eval-problems", "200",
     "--pass-k", "0",
-    "--save-every", "6",
+    "--save-every", "8",
     "--no-progress",
     "--output-dir", "runs/main",
 ]
@@ -164,10 +165,37 @@ def _binomial_se(p: float, n: int) -> float:
     return math.sqrt(max(p * (1.0 - p), 0.0) / max(n, 1))
 
 
-def accuracy_summary(history: Sequence[dict[str, float]]) -> list[str]:
+def paired_gain(before: Sequence[bool], after: Sequence[bool]) -> tuple[float, float, int, int]:
+    """The accuracy gain of ``after`` over ``before`` on the same problems and its standard error.
+
+    Paired (each problem's ``after - before`` in {-1, 0, +1}): ``se = std(d) / sqrt(n)`` with the
+    population std, i.e. ``sqrt((b + c) / n - gain**2) / sqrt(n)`` where ``b`` problems were lost
+    and ``c`` gained. Returns ``(gain, se, c, b)``.
+
+    Raises:
+        ValueError: If the two evaluations are not of the same (non-zero) number of problems.
+    """
+    if len(before) != len(after) or len(before) == 0:
+        raise ValueError(
+            f"Expected two evaluations of the same problems, got {len(before)} and {len(after)} answers."
+        )
+    d = [int(a) - int(b) for b, a in zip(before, after)]
+    n = len(d)
+    gain = sum(d) / n
+    var = max(sum(x * x for x in d) / n - gain * gain, 0.0)
+    return gain, math.sqrt(var / n), d.count(1), d.count(-1)
+
+
+def accuracy_summary(
+    history: Sequence[dict[str, float]], correct: Sequence[Sequence[bool]] | None = None
+) -> list[str]:
     """Lines for held-out greedy accuracy before -> after, each with its binomial standard error, and
-    the gain with its standard error and 95% interval (the two evaluations treated as independent,
-    which over-states the error of a difference on the same problems: the interval is conservative)."""
+    the gain with its standard error and 95% interval.
+
+    With ``correct`` (each evaluation's per-problem correctness, the trainer's ``eval_correct``) the
+    gain's error is the paired one (:func:`paired_gain`: the same problems before and after); the
+    unpaired error (the two evaluations treated as independent, larger) is printed too.
+    """
     if len(history) < 2 or "eval/accuracy" not in history[0]:
         return []
     first, last = history[0], history[-1]
@@ -178,9 +206,20 @@ def accuracy_summary(history: Sequence[dict[str, float]]) -> list[str]:
     lines = [
         f"held-out greedy accuracy on {n} problems: {a:.3f} ± {se_a:.3f} (step {int(first['step'])}) -> "
         f"{b:.3f} ± {se_b:.3f} (step {int(last['step'])})",
-        f"gain {b - a:+.3f} ± {se:.3f} (95% interval {b - a - 1.96 * se:+.3f} .. {b - a + 1.96 * se:+.3f}; "
-        f"{(b - a) / se if se > 0 else float('nan'):+.1f} standard errors)",
     ]
+    paired = correct is not None and len(correct) >= 2 and len(correct[0]) == len(correct[-1]) == n > 0
+    if paired:
+        assert correct is not None
+        gain, se_p, won, lost = paired_gain(correct[0], correct[-1])
+        lines.append(
+            f"gain {gain:+.3f} ± {se_p:.3f} paired (95% interval {gain - 1.96 * se_p:+.3f} .. {gain + 1.96 * se_p:+.3f}; "
+            f"{gain / se_p if se_p > 0 else float('nan'):+.1f} standard errors; {won} problems gained, {lost} lost)"
+        )
+    lines.append(
+        f"gain {b - a:+.3f} ± {se:.3f}{' unpaired' if paired else ''} (95% interval {b - a - 1.96 * se:+.3f} .. "
+        f"{b - a + 1.96 * se:+.3f}; {(b - a) / se if se > 0 else float('nan'):+.1f} standard errors"
+        f"{', the two evaluations treated as independent' if paired else ''})"
+    )
     if "eval/truncated_fraction" in first:
         lines.append(f"truncated answers {first['eval/truncated_fraction']:.3f} -> {last['eval/truncated_fraction']:.3f}, "
                      f"mean length {first.get('eval/response_length', float('nan')):.0f} -> "
@@ -214,12 +253,13 @@ class StepPrinter(Callback):
 
 
 def cmd_main(argv: Sequence[str]) -> int:
-    """The README's main job: a short real GRPO run of the default model on MAWPS, on the CPU."""
+    """The README's main job: a short real GRPO run of the default model on MAWPS singleop, on the CPU."""
     from deepgrpo_agent.config import GRPOConfig
     from deepgrpo_agent.config_cli import parse_config
     from deepgrpo_agent.trainer import GRPOTrainer
 
-    print("deepgrpo main job: GRPO on MathReasoning-MAWPS-v0 with SmolLM2-135M-Instruct (embedded).")
+    print("deepgrpo main job: GRPO on MAWPS one-operation word problems (MathReasoning-MAWPS-SingleOp-v0) "
+          "with SmolLM2-135M-Instruct (embedded).")
     print("Held-out greedy accuracy is measured before and after training (reward = correctness only).\n")
     start = time.perf_counter()
     config = parse_config(GRPOConfig, MAIN_JOB + list(argv), prog=f"{PROG} main")
@@ -227,7 +267,7 @@ def cmd_main(argv: Sequence[str]) -> int:
     trainer = GRPOTrainer(config, callbacks=[StepPrinter()])
     trainer.train()
     print()
-    for line in accuracy_summary(trainer.eval_history):
+    for line in accuracy_summary(trainer.eval_history, [c.tolist() for c in trainer.eval_correct]):
         print(line)
     print(f"wall time {time.perf_counter() - start:.0f} s (evaluation included)")
     _summary(trainer)

@@ -366,7 +366,7 @@ class GRPOConfig:
     prompts_per_step: int = 4
     """Prompts (groups) sampled per training step."""
     train_problems: int = 0
-    """Train on the first this many problems of the train split only (a finite pool revisited in epochs, as ERPO's per-prompt history needs); 0 = the whole split."""
+    """Train on a fixed random subset of this many problems of the train split only (drawn with env_pool.SPLIT_SEED; a finite pool revisited in epochs, as ERPO's per-prompt history needs); 0 = the whole split."""
     group_size: int = 8
     """Responses sampled per prompt (G); each response's advantage is relative to its group."""
     max_new_tokens: int = 256
@@ -434,7 +434,7 @@ class GRPOConfig:
     eval_every_tokens: int = 0
     """Also evaluate each time the generated-token count crosses a multiple of this (equal-budget curves); 0 = off."""
     eval_problems: int = 64
-    """Held-out problems per evaluation."""
+    """Held-out problems per evaluation: a fixed random subset of the training env's problems (env_pool.SPLIT_SEED, independent of `seed`), never trained on; the first this many of a separate eval env."""
     eval_max_new_tokens: int | None = None
     """Token budget of evaluation responses; None = `max_new_tokens`."""
     pass_k: int = 4

@@ -124,6 +124,35 @@ def check_env(venv: Any, budget: int, what: str) -> Any:
     return venv
 
 
+SPLIT_SEED = 20_251_201
+"""Seed of the train/held-out split of a problem file. Fixed and independent of the run's ``seed``:
+runs with different seeds train and evaluate on the same split, so their accuracies compare."""
+
+MAX_SHUFFLED_SPLIT = 10_000_000
+"""Sources with more problems than this (procedural ones) hold out their last indices instead of a
+random subset (a permutation of them would not fit in memory)."""
+
+
+def split_problems(num_problems: int, held_out: int, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out and training problem indices of a source with ``num_problems`` problems.
+
+    One seeded permutation of ``0 .. num_problems - 1``: its first ``held_out`` entries are held out
+    (sorted), the rest are the training problems in permutation order (so a ``train_problems`` pool
+    is a random subset too). The two are disjoint and together cover every index. A smaller
+    ``held_out`` gives a subset of a larger one's held-out problems (the same permutation's prefix).
+
+    Raises:
+        ValueError: If ``held_out`` is not in ``[0, num_problems]``.
+    """
+    if not 0 <= held_out <= num_problems:
+        raise ValueError(
+            f"Expected 0 <= held-out problems <= {num_problems} (the source's size), got {held_out}; "
+            "lower `eval_problems`."
+        )
+    order = np.random.default_rng(seed).permutation(num_problems)
+    return np.sort(order[:held_out]), order[held_out:]
+
+
 class EnvPool:
     """The envs of one run and its problem split.
 
@@ -137,8 +166,15 @@ class EnvPool:
 
     Attributes:
         root: The root env (``roots`` sub-envs).
-        train_range: ``(lo, hi)``: training draws problem indices in ``[lo, hi)``.
-        eval_indices: The held-out problem indices of the eval env.
+        train_indices: The training problem indices (sorted), or None for a procedural source
+            (more than :data:`MAX_SHUFFLED_SPLIT` problems), where training draws i.i.d. from
+            ``train_range``.
+        train_range: ``(lo, hi)``: every training index lies in ``[lo, hi)`` (for a procedural
+            source, every index of that range is a training problem).
+        eval_indices: The held-out problem indices of the eval env. Evaluating on the training env
+            (no separate eval id): a random subset of its problems drawn with the fixed
+            :data:`SPLIT_SEED` (:func:`split_problems`), never trained on; for a procedural source
+            its last ``eval_problems`` indices. With a separate eval env: its first ``eval_problems``.
         eval_env_id: The eval env's id (``config.env_id`` when evaluating on held-out problems of it).
     """
 
@@ -213,11 +249,19 @@ class EnvPool:
                 f"Expected `train_problems` >= `prompts_per_step`={cfg.prompts_per_step}, got {cfg.train_problems}; "
                 "raise it or use 0 to train on the whole split."
             )
-        self.train_range = (0, pool)
         self.eval_env_id: str = eval_id or cfg.env_id
-        self.eval_indices = (
-            np.arange(n - held_out, n) if self.eval_env_id == cfg.env_id else np.arange(cfg.eval_problems)
-        )
+        self.train_indices: np.ndarray | None
+        if n > MAX_SHUFFLED_SPLIT:
+            # A procedural source (Arithmetic-v0 has 2**31 problems, i.i.d. by index): the held-out
+            # problems are the last indices, training draws from the rest, nothing is materialized.
+            self.train_indices = None
+            self.train_range = (0, pool)
+            held = np.arange(n - held_out, n)
+        else:
+            held, train = split_problems(n, held_out)
+            self.train_indices = np.sort(train[:pool])
+            self.train_range = (int(self.train_indices[0]), int(self.train_indices[-1]) + 1)
+        self.eval_indices = held if self.eval_env_id == cfg.env_id else np.arange(cfg.eval_problems)
 
     # -- the envs -----------------------------------------------------------------------------------
     def branch_env(self, needed: int) -> Any:
@@ -266,4 +310,4 @@ class EnvPool:
                 venv.close()
 
 
-__all__ = ["EnvFactory", "EnvPool", "check_env", "load_wrapper", "registry_env"]
+__all__ = ["MAX_SHUFFLED_SPLIT", "SPLIT_SEED", "EnvFactory", "EnvPool", "check_env", "load_wrapper", "registry_env", "split_problems"]

@@ -38,8 +38,12 @@ def evaluate_policy(
     pass_k: int = 0,
     temperature: float = 1.0,
     seed: int = 0,
+    correct_out: list[bool] | None = None,
 ) -> dict[str, float]:
     """Greedy accuracy (one greedy answer per problem) and, if ``pass_k`` > 0, pass@k at ``temperature``.
+
+    ``correct_out``, when given, is extended with each problem's greedy correctness (in
+    ``problem_indices`` order): two evaluations on the same problems then give a paired difference.
 
     Returns:
         ``eval/accuracy``, ``eval/response_length``, ``eval/truncated_fraction`` and ``eval/pass@k``.
@@ -47,6 +51,8 @@ def evaluate_policy(
     indices = np.asarray(problem_indices, dtype=np.int64)
     greedy = collect_rollouts(venv, engine, indices, 1, SamplingParams(0.0, 1.0, max_new_tokens))
     correct = np.array([c is True for c in greedy.correct])
+    if correct_out is not None:
+        correct_out.extend(bool(c) for c in correct)
     metrics = {
         "eval/accuracy": float(correct.mean()),
         "eval/response_length": float(np.mean([len(x) for x in greedy.new_ids])),
@@ -68,12 +74,15 @@ def eval_seed(seed: int, step: int) -> int:
     return seed + EVAL_SEED_STRIDE * (step + 1)
 
 
-def evaluate_on_pool(envs: EnvPool, engine: Engine, config: GRPOConfig, *, step: int = 0) -> dict[str, float]:
+def evaluate_on_pool(
+    envs: EnvPool, engine: Engine, config: GRPOConfig, *, step: int = 0, correct_out: list[bool] | None = None
+) -> dict[str, float]:
     """:func:`evaluate_policy` on the pool's eval env and held-out problems, with the config's settings."""
     with torch.no_grad():
         return evaluate_policy(
             envs.eval_env(), engine, envs.eval_indices.tolist(), max_new_tokens=envs.eval_budget,
             pass_k=config.pass_k, temperature=config.temperature, seed=eval_seed(config.seed, step),
+            correct_out=correct_out,
         )
 
 

@@ -165,6 +165,9 @@ class GRPOTrainer:
         )
         self.callbacks: list[Callback] = self._builtin_callbacks() + list(callbacks)
         self.eval_history: list[dict[str, float]] = []
+        # Per-problem greedy correctness of each evaluation of this process (eval_indices order; not
+        # checkpointed): paired before -> after differences (deepgrpo main).
+        self.eval_correct: list[np.ndarray] = []
         self._rollout_pool: Any = None  # Ray rollout workers (config.rollout_workers > 0), started on first use
         if config.resume:
             self._resume()
@@ -177,8 +180,13 @@ class GRPOTrainer:
 
     @property
     def train_range(self) -> tuple[int, int]:
-        """Training problems are the indices in ``[lo, hi)``."""
+        """Every training problem index lies in ``[lo, hi)`` (EnvPool.train_range)."""
         return self.envs.train_range
+
+    @property
+    def train_indices(self) -> np.ndarray | None:
+        """The training problem indices, or None for a procedural source (i.i.d. from ``train_range``)."""
+        return self.envs.train_indices
 
     @property
     def eval_indices(self) -> np.ndarray:
@@ -358,13 +366,16 @@ class GRPOTrainer:
         """The next ``count`` training problems: epochs of seeded permutations of the train split, or
         i.i.d. draws when the split is too large to permute (procedural sources)."""
         lo, hi = self.train_range
-        if hi - lo > _MAX_EPOCH_SIZE:
+        pool = self.train_indices
+        if pool is None and hi - lo > _MAX_EPOCH_SIZE:
             # A procedural source (Arithmetic-v0 has 2**31 problems): draw i.i.d., never materialize.
             return self.rng.integers(lo, hi, size=count, dtype=np.int64)
+        if pool is None:
+            pool = np.arange(lo, hi)
         out: list[int] = []
         while len(out) < count:
             if self._order.size == 0:
-                self._order = self.rng.permutation(np.arange(lo, hi))
+                self._order = self.rng.permutation(pool)
             take = min(count - len(out), self._order.size)
             out.extend(self._order[:take].tolist())
             self._order = self._order[take:]
@@ -478,7 +489,9 @@ class GRPOTrainer:
     def evaluate(self, step: int | None = None) -> dict[str, float]:
         """Greedy accuracy and pass@k on the held-out problems (see :func:`~deepgrpo_agent.evaluation.evaluate_on_pool`)."""
         step = self.step if step is None else step
-        metrics = evaluate_on_pool(self.envs, self.engine, self.config, step=step)
+        correct: list[bool] = []
+        metrics = evaluate_on_pool(self.envs, self.engine, self.config, step=step, correct_out=correct)
+        self.eval_correct.append(np.array(correct, dtype=bool))
         self.model.train()
         metrics["budget/generated_tokens"] = float(self.budget.generated_tokens)  # x axis of equal-budget curves
         self.eval_history.append({"step": float(step), **metrics})

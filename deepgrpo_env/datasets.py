@@ -51,6 +51,9 @@ class DatasetInfo:
             LaTeX expressions that need a symbolic verifier.
         license: License of the vendored file and its holders; the full text is in
             ``deepgrpo_env/data/<name>/LICENSE``.
+        subsets: Problem kinds a split can be restricted to (``load_dataset(name, split,
+            subset=...)``, or ``"name:split:subset"``), from a field of the vendored records: MAWPS's
+            ``type`` (``"singleop"`` one-operation problems, ...). Empty for datasets without one.
     """
 
     name: str
@@ -58,6 +61,7 @@ class DatasetInfo:
     description: str
     answer_kind: AnswerKind
     license: str
+    subsets: tuple[str, ...] = ()
 
     @property
     def default_split(self) -> str:
@@ -244,6 +248,7 @@ def _mawps(record: Mapping[str, Any]) -> _Normalized:
 class _Spec:
     info: DatasetInfo
     normalize: Callable[[Mapping[str, Any]], _Normalized]
+    subset_field: str | None = None  # the record field naming a problem's subset (DatasetInfo.subsets)
 
 
 _SPECS: dict[str, _Spec] = {
@@ -316,8 +321,10 @@ _SPECS: dict[str, _Spec] = {
                 "MAWPS arithmetic word problems (Koncel-Kedziorski et al., 2016).",
                 "numeric",
                 "MIT (math-evaluation-harness, Zhibin Gou, 2024)",
+                ("addsub", "multiarith", "singleeq", "singleop"),
             ),
             _mawps,
+            "type",
         ),
     )
 }
@@ -411,25 +418,40 @@ def _validate_split(name: str, split: str) -> _Spec:
 
 @functools.cache
 def _load_split(name: str, split: str) -> tuple[Problem, ...]:
+    return tuple(problem for problem, _ in _load_records(name, split))
+
+
+@functools.cache
+def _load_records(name: str, split: str) -> tuple[tuple[Problem, str | None], ...]:
+    """The split's problems, each with its subset (the spec's ``subset_field``; None without one)."""
     spec = _SPECS[name]
     resource = files("deepgrpo_env") / "data" / name / f"{split}.jsonl"
     label = f"deepgrpo_env/data/{name}/{split}.jsonl"
     drafts: list[tuple[Problem, str | None]] = []
+    kinds: list[str | None] = []
     for line_no, record in _read_jsonl(resource, label):
         try:
             question, reference, stable_id = spec.normalize(record)
             problem = _checked_problem(f"{name}-{split}-{len(drafts)}", question, reference, name)
+            kind = None if spec.subset_field is None else _text_field(record, spec.subset_field)
+            if kind is not None and kind not in spec.info.subsets:
+                raise ValueError(f"{spec.subset_field!r} is {kind!r}, expected one of {spec.info.subsets}")
         except ValueError as e:
             raise ValueError(f"Malformed record in {label} line {line_no}: {e}.") from e
         drafts.append((problem, stable_id))
+        kinds.append(kind)
     stable_ids = [stable_id for _, stable_id in drafts]
     # A dataset's own id is only worth keeping when every row has one and none repeats.
     if None not in stable_ids and len(set(stable_ids)) == len(stable_ids):
-        return tuple(dataclasses.replace(p, id=f"{name}-{stable_id}") for p, stable_id in drafts)
-    return tuple(p for p, _ in drafts)
+        problems = [dataclasses.replace(p, id=f"{name}-{stable_id}") for p, stable_id in drafts]
+    else:
+        problems = [p for p, _ in drafts]
+    return tuple(zip(problems, kinds))
 
 
-def load_dataset(name: str, split: str = "test", *, limit: int | None = None) -> tuple[Problem, ...]:
+def load_dataset(
+    name: str, split: str = "test", *, limit: int | None = None, subset: str | None = None
+) -> tuple[Problem, ...]:
     """Loads a built-in dataset split as normalized problems, in file order.
 
     Each split is parsed once per process and cached; every call returns the same immutable tuple
@@ -439,6 +461,8 @@ def load_dataset(name: str, split: str = "test", *, limit: int | None = None) ->
         name: A key of :data:`DATASETS` (``"gsm8k"``, ``"math500"``, ...).
         split: One of ``DATASETS[name].splits``.
         limit: Keep only the first ``limit`` problems (``None`` keeps all).
+        subset: Keep only the problems of this kind, one of ``DATASETS[name].subsets`` (MAWPS:
+            ``"singleop"``, ...); ids stay those of the whole split (``mawps-test-{row}``).
 
     Returns:
         The problems; ids are ``f"{name}-{split}-{row}"``, or ``f"{name}-{id}"`` for datasets that
@@ -451,8 +475,19 @@ def load_dataset(name: str, split: str = "test", *, limit: int | None = None) ->
     _validate_split(name, split)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"Expected `limit` to be None or an int >= 1, got {limit!r}.")
-    problems = _load_split(name, split)
+    if subset is None:
+        problems = _load_split(name, split)
+    else:
+        subsets = _SPECS[name].info.subsets
+        if subset not in subsets:
+            raise _unknown(f"subset {subset!r} of dataset {name!r}", subset, subsets)
+        problems = _load_subset(name, split, subset)
     return problems if limit is None else problems[:limit]
+
+
+@functools.cache
+def _load_subset(name: str, split: str, subset: str) -> tuple[Problem, ...]:
+    return tuple(problem for problem, kind in _load_records(name, split) if kind == subset)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -603,9 +638,10 @@ def load_jsonl(
 
 
 def _problems_from_string(spec: str) -> tuple[Problem, ...]:
-    name, _, split = spec.partition(":")
+    name, _, rest = spec.partition(":")
+    split, _, subset = rest.partition(":")
     if name in _SPECS:
-        return load_dataset(name, split or _SPECS[name].info.default_split)
+        return load_dataset(name, split or _SPECS[name].info.default_split, subset=subset or None)
     path = Path(spec)
     if path.exists() or "/" in spec or os.sep in spec or path.suffix:
         return load_jsonl(path)
@@ -626,7 +662,8 @@ def as_problems(
         data: One of
 
             * a dataset name, ``"gsm8k:test"`` or bare ``"svamp"`` (a bare name means
-              :attr:`DatasetInfo.default_split`: ``"train"`` where shipped, else ``"test"``);
+              :attr:`DatasetInfo.default_split`: ``"train"`` where shipped, else ``"test"``), with
+              an optional subset, ``"mawps:test:singleop"`` (:attr:`DatasetInfo.subsets`);
             * a ``(name, split)`` pair of strings;
             * a path to a JSONL file (``str`` or :class:`os.PathLike`), read by :func:`load_jsonl`;
             * a sequence of :class:`Problem` (returned as a tuple);

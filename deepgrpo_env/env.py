@@ -26,7 +26,7 @@ VerifierArg = Verifier | Callable[[str, str], float | None] | str | None
 def resolve_source(problems: ProblemsArg) -> tuple[ProblemSource, str]:
     """Turns the ``problems`` argument into a source and its answer kind (``"numeric"`` or ``"math"``).
 
-    Accepts a dataset name (``"gsm8k"``, ``"gsm8k:train"``), a JSONL path, a list of problems or
+    Accepts a dataset name (``"gsm8k"``, ``"gsm8k:train"``, ``"mawps:test:singleop"``), a JSONL path, a list of problems or
     dicts, or any :class:`ProblemSource`.
     """
     from deepgrpo_env import datasets
@@ -34,12 +34,14 @@ def resolve_source(problems: ProblemsArg) -> tuple[ProblemSource, str]:
     if isinstance(problems, ProblemSource) and not isinstance(problems, (str, list, tuple)):
         return problems, getattr(problems, "answer_kind", "math")
     if isinstance(problems, str):
-        name, _, split = problems.partition(":")
+        name, _, rest = problems.partition(":")
+        split, _, subset = rest.partition(":")
         if name in datasets.DATASETS:
             info = datasets.DATASETS[name]
             split = split or ("train" if "train" in info.splits else info.splits[0])
+            label = f"{name}:{split}:{subset}" if subset else f"{name}:{split}"
             return (
-                DatasetSource(datasets.load_dataset(name, split), f"{name}:{split}"),
+                DatasetSource(datasets.load_dataset(name, split, subset=subset or None), label),
                 info.answer_kind,
             )
     loaded = datasets.as_problems(problems)

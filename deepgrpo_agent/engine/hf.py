@@ -134,7 +134,13 @@ class HFEngine:
             prefix_mask = mask_t[:, :width]
             positions = (prefix_mask.cumsum(-1) - 1).clamp_(min=0)
             cache = _new_cache(self.model, width + params.max_new_tokens)
-            kwargs: dict[str, Any] = {"logits_to_keep": 1} if self._keeps_logits else {}
+            # The LM head runs on the last position only. Kept as an index tensor, not `logits_to_keep=1`:
+            # the int form hands the head a strided (B, 1, H) view of the hidden states, and torch's
+            # CPU bf16 linear on a non-contiguous 3-D input expands the weight once per row (a
+            # 56 MB copy per row for SmolLM2: 11 GB and minutes for a 200-row prefill); the indexed
+            # form is a contiguous copy (docs/main_job.md, "Evaluation memory").
+            last = torch.tensor([width - 1], device=dev)
+            kwargs: dict[str, Any] = {"logits_to_keep": last} if self._keeps_logits else {}
             out = self._forward(
                 input_ids=ids_t,
                 attention_mask=prefix_mask,

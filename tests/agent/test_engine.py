@@ -234,3 +234,23 @@ def test_invalid_inputs_raise_clear_errors():
     session.advance(tokens, np.array([True, False, True]))
     with pytest.raises(RuntimeError, match="max_new_tokens"):
         session.advance(tokens, np.array([True, False, True]))
+
+
+def test_prefill_runs_the_head_on_one_contiguous_position_per_row():
+    # torch's CPU bf16 linear on a strided (B, 1, H) view copies the weight once per row (11 GB for a
+    # 200-row SmolLM2 prefill, docs/main_job.md): the head must see a contiguous last-position input.
+    model = tiny_model()
+    engine = HFEngine(model, vocab_size=VOCAB, dtype=torch.bfloat16)
+    seen: list[tuple[tuple[int, ...], bool]] = []
+    hook = engine.model.lm_head.register_forward_hook(
+        lambda m, args, out: seen.append((tuple(args[0].shape), args[0].is_contiguous())))
+    try:
+        session = engine.start(SEQS, SamplingParams(0.0, 1.0, 2), repeat=2)
+        tokens, _, _ = session.sample(None)
+    finally:
+        hook.remove()
+    assert seen == [((len(SEQS), 1, 32), True)]
+    # and the logits are still those of each row's last real token (left padding): greedy = argmax of a full forward
+    with torch.no_grad():
+        expected = [int(engine.model(torch.as_tensor(s)[None]).logits[0, -1, :VOCAB].float().argmax()) for s in SEQS]
+    assert tokens.tolist() == np.repeat(expected, 2).tolist()

@@ -188,7 +188,7 @@ def test_two_step_smoke_run_and_resume(tmp_path, monkeypatch, trainer_cls, confi
 
     config = erpo_config(tmp_path, config_cls, total_steps=2, save_every=1, erpo_pseudo_advantage=0.1)
     trainer = trainer_cls(config, model=tiny_model(VOCAB))
-    for i in range(*trainer.train_range):  # every prompt was all-correct once: roots start at 1.1
+    for i in trainer.train_indices:  # every prompt was all-correct once: roots start at 1.1
         trainer.tracker.update(trainer.env.problem_id(i), C)
     trained: list[np.ndarray] = []
     branched: list[np.ndarray] = []

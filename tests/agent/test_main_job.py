@@ -12,7 +12,7 @@ from deepgrpo_env.prompts import PromptTemplate
 
 def test_main_job_flags_parse_into_a_valid_config():
     config = parse_config(GRPOConfig, MAIN_JOB + ["--seed", "2"])
-    assert config.env_id == "MathReasoning-MAWPS-v0" and config.seed == 2
+    assert config.env_id == "MathReasoning-MAWPS-SingleOp-v0" and config.seed == 2
     assert config.eval_problems >= 200 and config.dtype == "auto"
     assert config.eval_every == config.total_steps  # evaluated before and after only
     assert PromptTemplate(style=config.env_kwargs["prompt"]).text("Q?") == (
@@ -29,3 +29,19 @@ def test_accuracy_summary_matches_hand_computed_standard_errors():
     assert f"gain +0.100 ± {se:.3f}" in lines[1]
     assert f"{0.1 - 1.96 * se:+.3f} .. {0.1 + 1.96 * se:+.3f}" in lines[1] and "+2.8 standard errors" in lines[1]
     assert accuracy_summary(history[:1]) == []
+
+
+def test_paired_gain_matches_hand_computed_values():
+    from deepgrpo_agent.cli import paired_gain
+
+    before = [True, False, False, False, True, False, False, False, False, False]
+    after = [True, True, True, False, False, False, False, False, False, True]
+    gain, se, won, lost = paired_gain(before, after)
+    # d = [0, 1, 1, 0, -1, 0, 0, 0, 0, 1]: mean 0.2, population variance 4/10 - 0.04 = 0.36, se = 0.6 / sqrt(10)
+    assert (won, lost) == (3, 1) and math.isclose(gain, 0.2) and math.isclose(se, 0.6 / math.sqrt(10))
+    history = [{"step": 0.0, "eval/accuracy": 0.2, "eval/problems": 10.0},
+               {"step": 5.0, "eval/accuracy": 0.4, "eval/problems": 10.0}]
+    lines = accuracy_summary(history, [before, after])
+    assert f"gain +0.200 ± {se:.3f} paired" in lines[1] and "3 problems gained, 1 lost" in lines[1]
+    assert "unpaired" in lines[2]
+    assert "paired" not in "".join(accuracy_summary(history))  # without per-problem answers: unpaired only

@@ -223,9 +223,28 @@ def test_random_tiny_model_is_sized_to_the_env(tmp_path):
     assert torch.isfinite(torch.tensor(trainer.train()["loss/total"]))
 
 
+def test_held_out_split_is_a_fixed_random_subset_disjoint_from_training(tmp_path):
+    from deepgrpo_agent.env_pool import split_problems
+
+    same = {"eval_env_id": "MathReasoning-v0", "eval_problems": 4}  # hold out problems of the training env
+    a = trainer_for(tmp_path / "a", **same)
+    b = trainer_for(tmp_path / "b", seed=7, **same)  # the split does not depend on the run seed
+    n = int(a.env.num_problems)
+    held, train = a.eval_indices.tolist(), a.train_indices.tolist()
+    assert held == b.eval_indices.tolist() and train == b.train_indices.tolist()
+    assert held != list(range(n - 4, n))  # not the tail of the file
+    assert not set(held) & set(train) and sorted(held + train) == list(range(n))
+    drawn = set(a.next_problems(3 * n).tolist())
+    assert drawn == set(train)  # training visits every training problem and never a held-out one
+    assert set(split_problems(n, 2)[0].tolist()) <= set(held)  # fewer held out: a subset of them
+
+
 def test_train_problems_limits_training_to_a_pool_revisited_in_epochs(tmp_path):
     trainer = trainer_for(tmp_path, train_problems=5)
+    pool = trainer.train_indices
+    assert pool is not None and len(pool) == 5
     drawn = trainer.next_problems(10)
-    assert sorted(drawn.tolist()) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]  # two epochs over the first 5 problems
+    assert sorted(drawn.tolist()) == sorted(pool.tolist() * 2)  # two epochs over the 5-problem pool
+    assert sorted(drawn[:5].tolist()) == pool.tolist()  # each epoch visits every pool problem once
     with pytest.raises(ValueError, match="train_problems"):
         trainer_for(tmp_path, train_problems=2, prompts_per_step=4)

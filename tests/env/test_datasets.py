@@ -363,3 +363,21 @@ def test_as_problems_errors(tmp_path: Path) -> None:
         as_problems([Problem("a", "q", "1"), {"question": "r", "answer": "2"}])  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="got int"):
         as_problems(3)  # type: ignore[arg-type]
+
+
+def test_mawps_subsets_partition_the_split_by_the_type_field() -> None:
+    records = raw_records("mawps")
+    full = load_dataset("mawps")
+    seen: set[str] = set()
+    for kind in DATASETS["mawps"].subsets:
+        sub = load_dataset("mawps", "test", subset=kind)
+        rows = [i for i, r in enumerate(records) if r["type"] == kind]
+        assert [p.id for p in sub] == [full[i].id for i in rows]  # the whole split's ids, in file order
+        assert as_problems(f"mawps:test:{kind}") == sub
+        seen.update(p.id for p in sub)
+    assert seen == {p.id for p in full}
+    assert len(load_dataset("mawps", subset="singleop")) == 562
+    with pytest.raises(ValueError, match=r"subset 'singleops'.*Did you mean 'singleop'"):
+        load_dataset("mawps", subset="singleops")
+    with pytest.raises(ValueError, match="subset"):
+        load_dataset("svamp", subset="singleop")  # svamp has no subsets

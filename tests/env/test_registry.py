@@ -50,6 +50,16 @@ def test_make_returns_snapshotable_env_and_vector_env():
     venv.reset_to(states, indices=[5, 6])
 
 
+def test_mawps_singleop_id_holds_exactly_the_one_operation_problems():
+    from deepgrpo_env.datasets import load_dataset
+
+    venv = gym.make_vec("MathReasoning-MAWPS-SingleOp-v0", num_envs=2)
+    singleop = load_dataset("mawps", "test", subset="singleop")
+    assert venv.num_problems == len(singleop) == 562
+    assert [venv.problem_id(i) for i in (0, 561)] == [singleop[0].id, singleop[-1].id]
+    venv.close()
+
+
 def test_overrides_reach_the_env():
     env = gym.make("MathReasoning-SVAMP-v0", max_response_tokens=17, prompt="gsm8k-hash")
     _, info = env.reset(options={"problem_index": 0})
