@@ -263,7 +263,9 @@ def summarize(rows: Sequence[dict[str, Any]], k: int) -> dict[str, Any]:
     by_index = _curve([frac[cand == i] for i in range(int(cand.max()) + 1)])
     bins = np.digitize(ratio, R_BINS[1:-1], right=True)
     by_ratio = _curve([frac[bins == b] for b in range(len(R_BINS) - 1)])
-    peak = int(np.nanargmax(np.where(np.array(by_index["positions"]) >= 5, by_index["p_any"], np.nan)))
+    counts = np.array(by_index["positions"])
+    enough = counts >= min(5, int(counts.max()))  # the peak among indices with a few positions at least
+    peak = int(np.argmax(np.where(enough, np.asarray(by_index["p_any"]), -1.0)))
     return {
         "branches": k,
         "trajectories": len({r["trajectory"] for r in rows}),
@@ -275,16 +277,17 @@ def summarize(rows: Sequence[dict[str, Any]], k: int) -> dict[str, Any]:
         "r_bins": list(R_BINS),
         "by_ratio": by_ratio,
         "peak_candidate_index": peak,
-        "utilities": utility_table(rows),
+        "utilities": utility_table(rows, k),
     }
 
 
-def utility_table(rows: Sequence[dict[str, Any]], gamma: float = 2.0) -> dict[str, dict[str, float]]:
+def utility_table(rows: Sequence[dict[str, Any]], k: int, gamma: float = 2.0) -> dict[str, dict[str, float]]:
     """What each pivot utility (p = 1) would get on the probed trajectories, in expectation over its Q.
 
     ``mixed``: expected fraction of pivots whose K branches have mixed outcomes (a non-zero local
     advantage); ``any``: with at least one success; ``branch_tokens``: expected tokens per branch;
-    ``mixed_per_kilotoken``: mixed pivots per 1000 branch tokens (the cost model). ``paper`` uses
+    ``mixed_per_kilotoken``: mixed pivots per 1000 branch tokens, all ``k`` branches of a pivot counted
+    (the cost model; the trainer's ``pivot/mixed_per_kilotoken``). ``paper`` uses
     P_phi fitted on these positions' (r, any) pairs (a converged P_phi), ``paper-phi1`` P_phi = 1 (the
     start of training), ``oracle`` the hindsight-best position (a mixed one if any, the most successful among those).
     """
@@ -325,7 +328,7 @@ def utility_table(rows: Sequence[dict[str, Any]], gamma: float = 2.0) -> dict[st
     for n in names:
         a = np.stack(acc[n])
         table[n] = {"mixed": float(a[:, 0].mean()), "any": float(a[:, 1].mean()), "branch_tokens": float(a[:, 2].mean()),
-                    "mixed_per_kilotoken": float(1000 * a[:, 0].mean() / max(a[:, 2].mean(), 1e-9)),
+                    "mixed_per_kilotoken": float(1000 * a[:, 0].mean() / max(k * a[:, 2].mean(), 1e-9)),
                     "mean_ratio": float(a[:, 3].mean())}
     table["paper"]["phi_w"], table["paper"]["phi_b"] = float(w), float(b)
     return table
