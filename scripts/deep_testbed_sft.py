@@ -19,7 +19,29 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
-from testbed_sft import CorpusStream, Recipe, SFTBatch, SFTRun, SlippedSolution, collate, encode_example
+
+try:  # run as a script from scripts/ (train_deep_testbed.py), or imported as scripts.deep_testbed_sft (tests)
+    from testbed_sft import (
+        CorpusStream,
+        Recipe,
+        SFTBatch,
+        SFTRun,
+        SlippedSolution,
+        _stays_in_range,
+        collate,
+        encode_example,
+    )
+except ImportError:
+    from scripts.testbed_sft import (
+        CorpusStream,
+        Recipe,
+        SFTBatch,
+        SFTRun,
+        SlippedSolution,
+        _stays_in_range,
+        collate,
+        encode_example,
+    )
 
 from deepgrpo_env.arithmetic import Expression, Step, next_step, parse_expression, rewrite, solution_steps
 
@@ -37,7 +59,7 @@ class DeepRecipe(Recipe):
     """On a hard prompt's hard step: probability of the right result (else the forgot-the-carry value)."""
     hard_step: int = -1
     """Index of the hard step among the solution's steps (negative counts from the end; -1 = the last)."""
-    batch_size: int = 192
+    batch_size: int = 128
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -82,8 +104,6 @@ def hard_step_solution(
 
     A wrong value that would push a later result outside [0, 999] is written correctly instead.
     """
-    from testbed_sft import _stays_in_range
-
     expression = parse_expression(problem) if isinstance(problem, str) else problem
     values, ops = list(expression.operands), list(expression.ops)
     target = hard_index(expression, hard_step) if ops else -1
