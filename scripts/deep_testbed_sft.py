@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from deepgrpo_agent.testbed import load_testbed
+
 try:  # run as a script from scripts/ (train_deep_testbed.py), or imported as scripts.deep_testbed_sft (tests)
     from testbed_sft import (
         CorpusStream,
@@ -60,6 +62,12 @@ class DeepRecipe(Recipe):
     hard_step: int = -1
     """Index of the hard step among the solution's steps (negative counts from the end; -1 = the last)."""
     batch_size: int = 128
+    steps: int = 120
+    learning_rate: float = 1e-3
+    warmup_steps: int = 10
+    init: str = "arithmetic-testbed"
+    """Start from these weights ("arithmetic-testbed": the shipped level-3 policy, which already writes the
+    format; "" = from scratch as the arithmetic testbed was). Fine-tuning keeps the SFT to minutes on a CPU."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -153,6 +161,10 @@ class DeepSFTRun(SFTRun):
     def __init__(self, recipe: DeepRecipe) -> None:
         super().__init__(recipe)
         self.stream = HardStepStream(recipe, np.random.default_rng(recipe.seed))
+        if recipe.init:
+            from deepgrpo_agent.policy import model_path
+
+            self.model.load_state_dict(load_testbed(model_path(recipe.init)).state_dict())
 
 
 def recipe_dict(recipe: DeepRecipe) -> dict[str, object]:
