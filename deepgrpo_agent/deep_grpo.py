@@ -197,7 +197,7 @@ class DeepGRPOTrainer(GRPOTrainer):
             cand = candidates(ends, max_depth=max_depth)
             if cand.depths.size == 0:
                 continue
-            feats = candidate_features(cand, ends, batch.logprobs[row], batch.entropies[row])
+            feats = candidate_features(cand, ends, batch.logprobs[row], batch.entropies[row], strict=False)
             matrix = feats.matrix()
             for i in self.selector.choose(feats, cfg.pivots_per_trajectory, self.pivot_rng):
                 depth = int(cand.depths[i])

@@ -79,6 +79,8 @@ def candidate_features(
     ends: npt.NDArray[np.int64],
     logprobs: npt.NDArray[np.floating],
     entropies: npt.NDArray[np.floating],
+    *,
+    strict: bool = True,
 ) -> PivotFeatures:
     """Features of the candidates ``cand`` of a response with segment ends ``ends``.
 
@@ -87,11 +89,15 @@ def candidate_features(
     ``logprobs`` / ``entropies`` are the per-token sampling log-probs and entropies of the response.
 
     Raises:
-        ValueError: If the arrays do not describe one response (lengths disagree).
+        ValueError: If the arrays do not describe one response (lengths disagree) and ``strict``; with
+            ``strict=False`` (the trainer: a wrapper may have rewritten the response) the missing
+            values are 0, so the paper's utility, which reads only r, never fails on them.
     """
     lp = np.asarray(logprobs, dtype=np.float64)
     ent = np.asarray(entropies, dtype=np.float64)
     n = int(ends[-1]) if ends.size else 0
+    if not strict:
+        lp, ent = _fit_length(lp, n), _fit_length(ent, n)
     if lp.shape != (n,) or ent.shape != (n,):
         raise ValueError(
             f"Expected one log-prob and one entropy per response token ({n}), got {lp.shape} and {ent.shape}; "
@@ -103,6 +109,13 @@ def candidate_features(
     surprisal = np.array([float(-lp[a:b].min()) if b > a else 0.0 for a, b in zip(starts, stops)])
     entropy = np.array([float(ent[a]) if a < n else 0.0 for a in starts])
     return PivotFeatures(cand.ratios.astype(np.float64), surprisal, entropy, np.arange(c, dtype=np.float64))
+
+
+def _fit_length(x: npt.NDArray[np.float64], n: int) -> npt.NDArray[np.float64]:
+    out = np.zeros(n)
+    m = min(n, int(x.shape[0]))
+    out[:m] = x[:m]
+    return out
 
 
 def top_choice(scores: npt.NDArray[np.float64], count: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:

@@ -51,7 +51,7 @@ def paired(a: list[float], b: list[float]) -> tuple[float, float, float, int]:
     d = d[np.isfinite(d)]
     n = d.size
     if n < 2:
-        return float("nan"), float("nan"), float("nan"), n
+        return (float(d[0]) if n else float("nan")), float("nan"), float("nan"), n
     mean, sd = float(d.mean()), float(d.std(ddof=1))
     half = t975(n - 1) * sd / math.sqrt(n)
     t = mean / (sd / math.sqrt(n)) if sd > 0 else float("inf") * np.sign(mean)
@@ -84,8 +84,8 @@ def main() -> None:
         seeds = sorted(set(by_seed) & set(base))
         cells = []
         for key, _ in METRICS:
-            m, h, t, _ = paired([by_seed[s][key] for s in seeds], [base[s][key] for s in seeds])
-            cells.append(f"{m:+.3f} [{m - h:+.3f}, {m + h:+.3f}] (t = {t:.1f})")
+            m, h, t, n = paired([by_seed[s][key] for s in seeds], [base[s][key] for s in seeds])
+            cells.append(f"{m:+.3f} [{m - h:+.3f}, {m + h:+.3f}] (t = {t:.1f})" if n > 1 else f"{m:+.3f} (1 seed, no CI)")
         print(f"| {name} | {len(seeds)} | " + " | ".join(cells) + " |")
 
 

@@ -47,6 +47,10 @@ def test_features_reject_mismatched_arrays():
     ends = segment_ends(RESPONSE, mode="sentence", boundary_ids=TABLE)
     with pytest.raises(ValueError, match="one log-prob and one entropy per response token"):
         candidate_features(candidates(ends, max_depth=100), ends, np.zeros(3), ENTROPY)
+    # the trainer's lenient mode pads what is missing with 0 (the paper's utility reads only r)
+    lenient = candidate_features(candidates(ends, max_depth=100), ends, np.zeros(3), ENTROPY, strict=False)
+    np.testing.assert_allclose(lenient.surprisal, 0.0)
+    np.testing.assert_allclose(lenient.ratios, [1 / 5, 2 / 5, 3 / 5, 4 / 5])
 
 
 @pytest.mark.parametrize(("name", "expected"), [("surprisal", [2]), ("entropy", [1]), ("root", [0])])
