@@ -61,8 +61,8 @@ class DeepRecipe(Recipe):
     """On a hard prompt's hard step: probability of the right result (else the forgot-the-carry value)."""
     hard_step: int = -1
     """Index of the hard step among the solution's steps (negative counts from the end; -1 = the last)."""
-    batch_size: int = 128
-    steps: int = 120
+    batch_size: int = 96
+    steps: int = 40
     learning_rate: float = 1e-3
     warmup_steps: int = 10
     init: str = "arithmetic-testbed"

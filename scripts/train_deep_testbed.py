@@ -46,7 +46,7 @@ def main() -> None:
     run = DeepSFTRun(recipe)
     params = sum(p.numel() for p in run.model.parameters())
     print(f"{params:,} parameters; recipe {dataclasses.asdict(recipe)}", flush=True)
-    run.train(recipe.steps, log_every=20)
+    run.train(recipe.steps, log_every=10)
 
     t0 = time.perf_counter()
     test = heldout_indices(args.test_problems, recipe.level, recipe.max_operand)
