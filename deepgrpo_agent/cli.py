@@ -316,6 +316,18 @@ def cmd_compare(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_recoverability(argv: Sequence[str]) -> int:
+    """``deepgrpo recoverability [--env-id ID] [--model M] [--failed N] [--branches K] ...``: branch K from every position of failed trajectories."""
+    from deepgrpo_agent.config_cli import parse_config
+    from deepgrpo_agent.recoverability import RecoverabilityConfig, run_probe
+
+    cfg = parse_config(RecoverabilityConfig, list(argv), prog="deepgrpo recoverability")
+    check_env_args(cfg.env_id, cfg.env_kwargs)
+    check_output_dir(cfg.output_dir)
+    run_probe(cfg)
+    return 0
+
+
 def cmd_envs(argv: Sequence[str]) -> int:
     """``deepgrpo envs``: every registered id with its description."""
     import envs_registry
@@ -325,7 +337,8 @@ def cmd_envs(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "main": cmd_main, "compare": cmd_compare, "envs": cmd_envs}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "main": cmd_main, "compare": cmd_compare, "envs": cmd_envs,
+            "recoverability": cmd_recoverability}
 
 # Exceptions that mean "the input was wrong" (exit 2); anything else is reported as an internal error (exit 1).
 _USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, LookupError, OSError, ImportError)
@@ -373,10 +386,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{PROG}: error: unknown command {args[0]!r}; expected one of {list(COMMANDS)}.{hint}",
                   file=sys.stderr)
             return 2
-        print("usage: deepgrpo {train,eval,main,compare,envs} [options]   (deepgrpo train --help for the flags)")
+        print("usage: deepgrpo {train,eval,main,compare,envs,recoverability} [options]   (deepgrpo train --help for the flags)")
         for name, fn in COMMANDS.items():
             summary = (fn.__doc__ or "").strip().splitlines()[0].replace("``", "")
-            print(f"  {name:6s} {summary}")
+            print(f"  {name:14s} {summary}")
         return 0
     try:
         return COMMANDS[args[0]](args[1:])

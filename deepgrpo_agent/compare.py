@@ -65,6 +65,16 @@ STRATEGIES: dict[str, Strategy] = {
 }
 """Named strategies ``deepgrpo compare --strategies`` accepts."""
 
+STRATEGIES.update({
+    f"deep-grpo-{suffix}": Strategy("deep-grpo", {"pivot_utility": name},
+                                    f"DEEP-GRPO p1b8, pivots by the {desc} utility (deepgrpo_agent/pivot_utility.py)")
+    for suffix, name, desc in (
+        ("root-pivot", "root", "root-only"), ("surprisal", "surprisal", "least-likely-token segment"),
+        ("entropy", "entropy", "max boundary entropy"),
+        ("learned", "learned", "learned P(mixed | r, surprisal, entropy, index)"),
+    )
+})
+
 TESTBED_MODEL = "arithmetic-testbed"
 """The shipped tiny policy the default comparison runs on (see :mod:`deepgrpo_agent.testbed`)."""
 

@@ -25,14 +25,13 @@ from typing import Any, Literal
 import numpy as np
 
 from deepgrpo_agent.config import GRPOConfig
+from deepgrpo_agent.pivot_utility import PIVOT_UTILITIES, PivotSelector, candidate_features
 from deepgrpo_agent.pivots import (
     SEGMENT_MARKERS,
     Recoverability,
     boundary_table,
     candidates,
-    sample_pivots,
     segment_ends,
-    utility,
 )
 from deepgrpo_agent.rollout import RolloutBatch
 from deepgrpo_agent.samples import GLOBAL_STREAM, Rollouts, TrainSamples
@@ -57,6 +56,8 @@ class DeepGRPOConfig(GRPOConfig):
     """gamma in Q(i) ~ P_phi(r_i) * r_i^gamma; 0 with constant P_phi is uniform, very negative is root-only."""
     pivot_sampling: Literal["utility", "uniform"] = "utility"
     """'utility' draws pivots from Q(i); 'uniform' ignores depth and P_phi (the random-pivot ablation)."""
+    pivot_utility: str = "paper"
+    """Where pivots go (deepgrpo_agent/pivot_utility.py, docs/pivot_utility.md): 'paper' (Q ~ P_phi(r) r^gamma), 'uniform', 'root', 'surprisal', 'entropy' or 'learned'; `pivot_sampling='uniform'` wins over it."""
     local_loss_weight: float = 1.0
     """lambda: weight of the local (branch) stream in L = main + lambda * local."""
     segment: Literal["sentence", "line", "tokens"] = "sentence"
@@ -91,6 +92,8 @@ class DeepGRPOConfig(GRPOConfig):
                 raise ValueError(f"Expected `{name}` {want}, got {getattr(self, name)!r}.")
         if self.segment not in ("sentence", "line", "tokens"):
             raise ValueError(f"Expected `segment` in ('sentence', 'line', 'tokens'), got {self.segment!r}.")
+        if self.pivot_utility not in PIVOT_UTILITIES:
+            raise ValueError(f"Expected `pivot_utility` in {PIVOT_UTILITIES}, got {self.pivot_utility!r}.")
         if self.pivot_sampling not in ("utility", "uniform"):
             raise ValueError(f"Expected `pivot_sampling` in ('utility', 'uniform'), got {self.pivot_sampling!r}.")
 
@@ -111,6 +114,8 @@ class Pivot:
     depth: int
     ratio: float
     state: EnvState
+    features: tuple[float, ...] = ()
+    """The candidate's (r, surprisal, entropy, segment index) (deepgrpo_agent/pivot_utility.py)."""
 
 
 class DeepGRPOTrainer(GRPOTrainer):
@@ -125,6 +130,8 @@ class DeepGRPOTrainer(GRPOTrainer):
         # Strategy state exists before GRPOTrainer.__init__, which may resume it from a checkpoint.
         self.phi = Recoverability(capacity=config.phi_buffer_size)
         self.pivot_rng = np.random.default_rng([config.seed, PIVOT_RNG_SALT])
+        utility_name = "uniform" if config.pivot_sampling == "uniform" else config.pivot_utility
+        self.selector = PivotSelector(utility_name, config.depth_bias_gamma, self.phi, config.phi_buffer_size)
         super().__init__(config, **kwargs)
         self.boundary_ids = (
             None if config.segment == "tokens"
@@ -190,13 +197,12 @@ class DeepGRPOTrainer(GRPOTrainer):
             cand = candidates(ends, max_depth=max_depth)
             if cand.depths.size == 0:
                 continue
-            if cfg.pivot_sampling == "uniform":
-                q = np.full(cand.depths.size, 1.0 / cand.depths.size)
-            else:
-                q = utility(cand.ratios, self.phi(cand.ratios), cfg.depth_bias_gamma)
-            for i in sample_pivots(q, cfg.pivots_per_trajectory, self.pivot_rng):
+            feats = candidate_features(cand, ends, batch.logprobs[row], batch.entropies[row], strict=False)
+            matrix = feats.matrix()
+            for i in self.selector.choose(feats, cfg.pivots_per_trajectory, self.pivot_rng):
                 depth = int(cand.depths[i])
-                out.append(Pivot(int(row), depth, float(cand.ratios[i]), batch.prefix_state(int(row), depth)))
+                out.append(Pivot(int(row), depth, float(cand.ratios[i]), batch.prefix_state(int(row), depth),
+                                 tuple(float(x) for x in matrix[i])))
         return out
 
     def expand(self, pivots: list[Pivot]) -> RolloutBatch:
@@ -232,6 +238,8 @@ class DeepGRPOTrainer(GRPOTrainer):
             "perf/branch_prefill_s": float(branches.prefill_s),
             "perf/branch_decode_s": float(branches.decode_s),
         }
+        feats = np.array([p.features for p in pivots], dtype=np.float64).reshape(len(pivots), -1)
+        metrics.update(self.selector.observe(feats, grouped, branches.generated_tokens))
         return samples, metrics
 
     def _pivot_metrics(self, pivots: list[Pivot]) -> dict[str, float]:
@@ -251,11 +259,14 @@ class DeepGRPOTrainer(GRPOTrainer):
 
     # -- checkpointed strategy state --------------------------------------------------------------
     def strategy_state(self) -> dict[str, Any]:
-        return {"phi": self.phi.state_dict(), "pivot_rng": self.pivot_rng.bit_generator.state}
+        return {"phi": self.phi.state_dict(), "pivot_rng": self.pivot_rng.bit_generator.state,
+                "selector": self.selector.state_dict()}
 
     def load_strategy_state(self, state: dict[str, Any]) -> None:
         self.phi.load_state_dict(state["phi"])
         self.pivot_rng.bit_generator.state = state["pivot_rng"]
+        if "selector" in state:  # checkpoints written before pluggable utilities have none
+            self.selector.load_state_dict(state["selector"])
 
 
 __all__ = ["LOCAL_STREAM", "PIVOT_RNG_SALT", "DeepGRPOConfig", "DeepGRPOTrainer", "Pivot", "PivotRollouts"]

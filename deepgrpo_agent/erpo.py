@@ -383,7 +383,7 @@ class DeepERPOTrainer(ERPOTrainer, DeepGRPOTrainer):
         """DEEP-GRPO's pivots, each tagged with its root group's sampling temperature."""
         temps = batch.temperatures
         base = self.config.temperature
-        return [TemperedPivot(p.row, p.depth, p.ratio, p.state,
+        return [TemperedPivot(p.row, p.depth, p.ratio, p.state, p.features,
                               temperature=float(temps[p.row]) if temps is not None else base)
                 for p in super().choose_pivots(batch)]
 

@@ -9,7 +9,7 @@ import torch
 
 from deepgrpo_agent.default_model import INSTALL_HINT, default_model_dir
 from deepgrpo_agent.precision import Precision, resolve_precision
-from deepgrpo_agent.testbed import TESTBED, TESTBED_DIR, load_testbed
+from deepgrpo_agent.testbed import DEEP_TESTBED, DEEP_TESTBED_DIR, TESTBED, TESTBED_DIR, load_testbed
 
 
 def resolve_device(device: str) -> torch.device:
@@ -57,6 +57,8 @@ def model_path(model: str) -> Path:
     ``"arithmetic-testbed"`` is the shipped testbed policy (:mod:`deepgrpo_agent.testbed`)."""
     if model == TESTBED:
         return TESTBED_DIR
+    if model == DEEP_TESTBED:
+        return DEEP_TESTBED_DIR
     if model == "default":
         try:
             return default_model_dir()
@@ -95,6 +97,8 @@ def load_policy(model: str, *, device: torch.device, dtype: torch.dtype) -> tupl
     """
     if model == TESTBED:
         return load_testbed(device=device), None
+    if model == DEEP_TESTBED:  # same vocabulary and loader, other weights (docs/pivot_utility.md)
+        return load_testbed(DEEP_TESTBED_DIR, device=device), None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = model_path(model)

@@ -35,6 +35,19 @@ TESTBED_MAX_NEW_TOKENS = default_limits(3, 9)[1]
 """Response budget that fits the testbed level (Arithmetic-v0's default for level 3: 80 tokens)."""
 
 
+DEEP_TESTBED = "deep-testbed"
+"""``model`` value that loads the deep testbed policy: Arithmetic-v0 level 5, one hard step (docs/pivot_utility.md)."""
+
+DEEP_TESTBED_DIR = Path(__file__).resolve().parent / "deep_testbed_model"
+"""Where the deep testbed's weights live (``scripts/train_deep_testbed.py`` writes them)."""
+
+DEEP_TESTBED_ENV_KWARGS: dict[str, Any] = {"level": 5, "max_operand": 9}
+"""Arithmetic-v0 arguments the deep testbed was trained for."""
+
+DEEP_TESTBED_MAX_NEW_TOKENS = default_limits(5, 9)[1]
+"""Response budget of the deep testbed's level (112 tokens)."""
+
+
 def load_testbed(path: str | Path | None = None, *, device: str | torch.device = "cpu") -> Any:
     """The shipped testbed policy (or the one saved at ``path``) in float32, in eval mode, on ``device``.
 
@@ -51,7 +64,8 @@ def load_testbed(path: str | Path | None = None, *, device: str | torch.device =
     if not (where / "config.json").is_file() or not (where / "model.safetensors").is_file():
         raise FileNotFoundError(
             f"Expected the testbed weights (config.json, model.safetensors) in {where}; retrain them with "
-            "`python scripts/train_testbed.py`, or reinstall deepgrpo (they ship as package data)."
+            "`python scripts/train_testbed.py` (the deep testbed: `python scripts/train_deep_testbed.py`), or "
+            "reinstall deepgrpo (they ship as package data)."
         )
     model: Any = LlamaForCausalLM.from_pretrained(where, dtype=torch.float32, local_files_only=True)
     check_vocab(int(model.config.vocab_size), what=f"the checkpoint in {where}")
@@ -79,6 +93,10 @@ def shipped_recipe() -> dict[str, Any]:
 
 
 __all__ = [
+    "DEEP_TESTBED",
+    "DEEP_TESTBED_DIR",
+    "DEEP_TESTBED_ENV_KWARGS",
+    "DEEP_TESTBED_MAX_NEW_TOKENS",
     "TESTBED",
     "TESTBED_DIR",
     "TESTBED_ENV_KWARGS",

@@ -60,7 +60,7 @@ from deepgrpo_agent.policy import (
 )
 from deepgrpo_agent.rollout import RolloutBatch, branch_rollouts, collect_rollouts
 from deepgrpo_agent.samples import GLOBAL_STREAM, Rollouts, TrainSamples
-from deepgrpo_agent.testbed import TESTBED, check_vocab
+from deepgrpo_agent.testbed import DEEP_TESTBED, TESTBED, check_vocab
 from deepgrpo_agent.update import UpdateSettings, policy_update
 from deepgrpo_env.state import EnvState
 
@@ -203,7 +203,7 @@ class GRPOTrainer:
         return self.config.group_size
 
     def _check_policy_vocab(self) -> None:
-        if self.config.model == TESTBED:
+        if self.config.model in (TESTBED, DEEP_TESTBED):
             check_vocab(self.envs.vocab_size, what=f"{self.config.env_id}'s action space")
 
     def branch(
