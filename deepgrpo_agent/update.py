@@ -175,16 +175,27 @@ def policy_update(
 
 
 def _micro_batches(samples: TrainSamples, needed: np.ndarray, settings: UpdateSettings) -> list[np.ndarray]:
-    """Micro-batches of the rows ``needed``: similar lengths together; with ``share_prefix``, rows of one
-    context together first (so that each micro-batch computes few distinct contexts), then by length."""
-    if settings.share_prefix:
-        group, _ = shared_context_groups([samples.contexts[i] for i in needed])
+    """Micro-batches of the rows ``needed``: similar lengths together; with ``share_prefix`` and rows that
+    share contexts, rows of one context together first (each micro-batch computes few distinct contexts),
+    then by target length."""
+    group, heads = shared_context_groups([samples.contexts[i] for i in needed])
+    if settings.share_prefix and len(heads) < len(needed):
         keys = [(int(g), len(samples.targets[i])) for g, i in zip(group, needed)]
         order = sorted(range(len(needed)), key=lambda k: keys[k])
         return [needed[np.asarray(order[s : s + settings.micro_batch_size], dtype=np.int64)]
                 for s in range(0, len(order), settings.micro_batch_size)]
     lengths = [len(samples.contexts[i]) + len(samples.targets[i]) for i in needed]
     return [needed[g] for g in micro_batches(len(needed), settings.micro_batch_size, lengths)]
+
+
+def _computed_tokens(model: torch.nn.Module, samples: TrainSamples, idx: np.ndarray, settings: UpdateSettings) -> int:
+    """Token positions the forward of rows ``idx`` computes (padding excluded): each distinct context
+    once under ``share_prefix``, every row's context + target otherwise."""
+    contexts = [samples.contexts[i] for i in idx]
+    if settings.share_prefix and can_share_prefix(model, contexts):
+        _, heads = shared_context_groups(contexts)
+        return sum(len(contexts[h]) - 1 for h in heads) + sum(max(len(samples.targets[i]), 1) for i in idx)
+    return sum(len(c) + len(samples.targets[i]) for c, i in zip(contexts, idx))
 
 
 def _stream_denominators(parts: _Parts, samples: TrainSamples) -> dict[int, float]:
@@ -234,7 +245,7 @@ def _one_epoch(
     cfg, model, device = parts.settings, parts.model, parts.device
     aggregation, weights = get_aggregation(cfg.loss_aggregation), parts.weights
     optimizer.zero_grad(set_to_none=True)
-    sums = {"total": 0.0, "clip_fraction": 0.0, "kl": 0.0, "tokens": 0.0, "processed": 0.0}
+    sums = {"total": 0.0, "clip_fraction": 0.0, "kl": 0.0, "tokens": 0.0, "processed": 0.0, "computed": 0.0}
     stream_sums = {s: 0.0 for s in denominators}
     for k, idx in enumerate(groups):
         logp, mask = _scores(model, samples, idx, device, cfg.temperature, 0, parts.vocab_size,
@@ -261,6 +272,7 @@ def _one_epoch(
         sums["clip_fraction"] += float((clipped & mask).sum())
         sums["tokens"] += float(mask.sum())
         sums["processed"] += float(sum(len(samples.contexts[i]) + len(samples.targets[i]) for i in idx))
+        sums["computed"] += float(_computed_tokens(model, samples, idx, cfg))
     for p in model.parameters():
         if p.requires_grad and p.grad is None:
             # What a forward/backward of the skipped zero-advantage rows would have left: zeros
@@ -276,6 +288,7 @@ def _one_epoch(
         "train/grad_norm": float(grad_norm),
         "train/trained_tokens": sums["tokens"],
         "train/processed_tokens": sums["processed"],
+        "train/computed_tokens": sums["computed"],
         "train/skipped_update": 0.0,
         **{f"loss/stream_{s}": v for s, v in stream_sums.items()},
     }
