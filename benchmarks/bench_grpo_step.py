@@ -31,8 +31,8 @@ from typing import Any
 import torch
 
 from deepgrpo_agent import GRPOConfig, GRPOTrainer
+from deepgrpo_agent.default_model import default_model_dir
 from deepgrpo_env.datasets import load_dataset
-from deepgrpo_env.default_model import default_model_dir
 from deepgrpo_env.prompts import PromptTemplate
 from deepgrpo_env.verifiers import NumericVerifier
 
