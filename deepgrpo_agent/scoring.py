@@ -272,12 +272,22 @@ def can_share_prefix(model: torch.nn.Module, contexts: Sequence[np.ndarray]) -> 
     if not _fusable_head(model.get_output_embeddings()):  # type: ignore[operator]
         return False
     config = getattr(model, "config", None)
-    if config is None:
+    body = model.get_decoder() if hasattr(model, "get_decoder") else None  # type: ignore[operator]
+    if config is None or body is None:
+        return False
+    try:
+        takes = inspect.signature(body.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    if cache_keyword(body) not in takes or "position_ids" not in takes:
         return False
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
-    layers = DynamicCache(config=config).layers
+    try:
+        layers = DynamicCache(config=config).layers
+    except (TypeError, ValueError, AttributeError):  # a config transformers' cache cannot read
+        return False
     return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
 
