@@ -6,7 +6,8 @@ lr 1e-6, the same GSM8K-test questions in the same chat template and instruction
 reward, no activation checkpointing (TRL's default turns it on; we turn it off on both sides). Rows
 whose advantage is exactly 0 are skipped by deepgrpo's update (exactly, see update.py) and not by
 TRL's, which is part of the difference when groups have zero variance. Each side runs ``--warmup`` untimed steps (allocation of optimizer state etc.) and then
-``--steps`` timed ones; the ratio of mean step times is printed, with the fraction of the machine's
+``--steps`` timed ones; the ratio of mean step times is printed (wall time, and the process's CPU
+time, which a machine shared with other jobs distorts less; run with OMP_NUM_THREADS=1 for that), with the fraction of the machine's
 matmul peak of the dtype (measured in the same run) that our decode and update reach.
 
 ``--dtypes`` runs both sides in each dtype: ``float32``, and ``bfloat16`` = our mixed precision (fp32
@@ -30,8 +31,8 @@ from typing import Any
 import torch
 
 from deepgrpo_agent import GRPOConfig, GRPOTrainer
+from deepgrpo_agent.default_model import default_model_dir
 from deepgrpo_env.datasets import load_dataset
-from deepgrpo_env.default_model import default_model_dir
 from deepgrpo_env.prompts import PromptTemplate
 from deepgrpo_env.verifiers import NumericVerifier
 
@@ -57,18 +58,20 @@ def ours(args: argparse.Namespace, out: str, dtype: str, skip: bool) -> list[dic
     trainer = GRPOTrainer(cfg)
     records = []
     for k in range(args.warmup + args.steps):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         metrics = trainer.train_step()
         metrics["wall_s"] = time.perf_counter() - start
+        metrics["cpu_s"] = time.process_time() - cpu
         if k >= args.warmup:
             records.append(metrics)
-            print(f"  deepgrpo {dtype} skip={'on' if skip else 'off'} step: {metrics['wall_s']:.1f} s (collect {metrics['perf/collect_s']:.1f}, "
+            print(f"  deepgrpo {dtype} skip={'on' if skip else 'off'} step: {metrics['wall_s']:.1f} s, cpu {metrics['cpu_s']:.1f} s "
+                  f"(collect {metrics['perf/collect_s']:.1f}, "
                   f"update {metrics['perf/update_s']:.1f}, {metrics['rollout/generated_tokens']:.0f} tokens)",
                   flush=True)
     return records
 
 
-def trl_steps(args: argparse.Namespace, out: str, dtype: str) -> list[float]:
+def trl_steps(args: argparse.Namespace, out: str, dtype: str) -> list[tuple[float, float]]:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig as TRLConfig
@@ -86,15 +89,15 @@ def trl_steps(args: argparse.Namespace, out: str, dtype: str) -> list[float]:
         texts = [c[0]["content"] if isinstance(c, list) else str(c) for c in completions]
         return [float(verifier(t, r) or 0.0) for t, r in zip(texts, reference)]
 
-    times: list[float] = []
+    times: list[tuple[float, float]] = []  # (wall s, process cpu s) per step
 
     class Timer(TrainerCallback):
         def on_step_begin(self, *a: Any, **k: Any) -> None:
-            self.start = time.perf_counter()
+            self.start, self.cpu = time.perf_counter(), time.process_time()
 
         def on_step_end(self, *a: Any, **k: Any) -> None:
-            times.append(time.perf_counter() - self.start)
-            print(f"  TRL {dtype} step: {times[-1]:.1f} s", flush=True)
+            times.append((time.perf_counter() - self.start, time.process_time() - self.cpu))
+            print(f"  TRL {dtype} step: {times[-1][0]:.1f} s, cpu {times[-1][1]:.1f} s (load {_load()})", flush=True)
 
     path = default_model_dir()
     config = TRLConfig(
@@ -131,43 +134,54 @@ def main() -> None:
             raise SystemExit(f"--dtypes: expected float32 and/or bfloat16, got {d!r}")
     skips = {"on": [True], "off": [False], "both": [False, True]}[args.skip]
     params = 134.5e6
-    peaks = {d: matmul_peak(dtype=getattr(torch, d)) for d in dtypes}
-    ours_s: dict[tuple[str, bool], float] = {}
-    trl_s: dict[str, float] = {}
+    peaks: dict[str, list[float]] = {d: [] for d in dtypes}
+    ours_s: dict[tuple[str, bool], tuple[float, float]] = {}
+    trl_s: dict[str, tuple[float, float]] = {}
     lines = []
     with tempfile.TemporaryDirectory() as tmp:
         for d in dtypes:
             for skip in skips:
-                print(f"deepgrpo {d}, skip {'on' if skip else 'off'} (load {_load()})", flush=True)
+                peaks[d].append(matmul_peak(dtype=getattr(torch, d)))  # next to the run it scales (load drifts)
+                peak = peaks[d][-1]
+                print(f"deepgrpo {d}, skip {'on' if skip else 'off'} (load {_load()}, matmul peak "
+                      f"{peak / 1e9:.1f} GFLOP/s)", flush=True)
                 mine = ours(args, f"{tmp}/ours-{d}-{skip}", d, skip)
-                ours_s[d, skip] = statistics.mean(m["wall_s"] for m in mine)
+                ours_s[d, skip] = (statistics.mean(m["wall_s"] for m in mine), statistics.mean(m["cpu_s"] for m in mine))
                 gen = sum(m["rollout/generated_tokens"] for m in mine)
                 collect = sum(m["perf/collect_s"] for m in mine)
                 processed = sum(m["train/processed_tokens"] for m in mine) * 1.0
-                upd = sum(m["perf/update_s"] for m in mine)
+                computed = sum(m.get("train/computed_tokens", m["train/processed_tokens"]) for m in mine) * 1.0
+                upd = max(sum(m["perf/update_s"] for m in mine), 1e-9)
                 lines.append(
-                    f"deepgrpo {d:8s} skip {'on ' if skip else 'off'}: {ours_s[d, skip]:.1f} s/step; decode "
-                    f"{2 * params * gen / collect / 1e9:.1f} GFLOP/s ({2 * params * gen / collect / peaks[d]:.1%} of "
-                    f"peak); update {6 * params * processed / max(upd, 1e-9) / 1e9:.1f} GFLOP/s "
-                    f"({6 * params * processed / max(upd, 1e-9) / peaks[d]:.1%} of peak)")
+                    f"deepgrpo {d:8s} skip {'on ' if skip else 'off'}: {ours_s[d, skip][0]:.1f} s/step (cpu "
+                    f"{ours_s[d, skip][1]:.1f} s); decode {2 * params * gen / collect / 1e9:.1f} GFLOP/s "
+                    f"({2 * params * gen / collect / peak:.1%} of peak); update {6 * params * computed / upd / 1e9:.1f} "
+                    f"GFLOP/s computed ({6 * params * computed / upd / peak:.1%} of peak), "
+                    f"{6 * params * processed / upd / 1e9:.1f} GFLOP/s of unshared work "
+                    f"({6 * params * processed / upd / peak:.1%})")
             if not args.skip_trl:
-                print(f"TRL {d} (load {_load()})", flush=True)
-                trl_s[d] = statistics.mean(trl_steps(args, f"{tmp}/trl-{d}", d))
+                peaks[d].append(matmul_peak(dtype=getattr(torch, d)))
+                print(f"TRL {d} (load {_load()}, matmul peak {peaks[d][-1] / 1e9:.1f} GFLOP/s)", flush=True)
+                steps = trl_steps(args, f"{tmp}/trl-{d}", d)
+                trl_s[d] = (statistics.mean(w for w, _ in steps), statistics.mean(c for _, c in steps))
     print()
     for d in dtypes:
-        print(f"{d} matmul peak: {peaks[d] / 1e9:.1f} GFLOP/s")
-    print("(decode: 2 x params x generated tokens / collect time; update: 6 x params x prompt+response tokens "
-          "of the trained rows / update time)")
+        print(f"{d} matmul peak (2048^2 torch.mm, measured before each run): "
+              + ", ".join(f"{p / 1e9:.1f}" for p in peaks[d]) + " GFLOP/s")
+    print("(decode: 2 x params x generated tokens / collect time; update: 6 x params x tokens / update time, where "
+          "'computed' counts a shared prompt once and 'unshared' counts it per row, as a trainer without prefix "
+          "sharing computes it; % of the peak measured just before the run)")
     for line in lines:
         print(line)
-    for d, t in trl_s.items():
-        print(f"TRL      {d:8s}          : {t:.1f} s/step")
+    for d, (t, c) in trl_s.items():
+        print(f"TRL      {d:8s}          : {t:.1f} s/step (cpu {c:.1f} s)")
     if trl_s:
-        best = min(trl_s, key=lambda d: trl_s[d])
-        for (d, skip), t in ours_s.items():
-            same = f"{t / trl_s[d]:.2f}x TRL {d}" if d in trl_s else "TRL not run at this dtype"
-            print(f"ratio deepgrpo {d} skip {'on ' if skip else 'off'}: {same}; {t / trl_s[best]:.2f}x TRL at its best "
-                  f"({best})")
+        for k, what in ((0, "wall"), (1, "cpu")):
+            best = min(trl_s, key=lambda d: trl_s[d][k])
+            for (d, skip), t in ours_s.items():
+                same = f"{t[k] / trl_s[d][k]:.2f}x TRL {d}" if d in trl_s else "TRL not run at this dtype"
+                print(f"ratio ({what} time) deepgrpo {d} skip {'on ' if skip else 'off'}: {same}; "
+                      f"{t[k] / trl_s[best][k]:.2f}x TRL at its best ({best})")
     print(f"load at the end: {_load()}")
 
 

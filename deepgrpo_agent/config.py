@@ -409,6 +409,8 @@ class GRPOConfig:
     """Sequences per forward/backward pass; gradients accumulate to exactly the full-batch gradient."""
     skip_zero_advantage_rows: bool = True
     """Skip the forward/backward pass of rows whose advantage is exactly 0 (the update is the same; off only to measure the work of an update that computes them, as TRL does)."""
+    share_prefix: bool = True
+    """Compute a context shared by several rows (a group's prompt, a pivot's prefix) once per micro-batch and train the rows' responses against its cache (same gradient up to rounding; docs/performance.md)."""
 
     # -- loss
     clip_eps_low: float = 0.2

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,14 @@ import torch
 from deepgrpo_agent.losses import clipped_policy_loss, get_aggregation, k3_kl
 from deepgrpo_agent.precision import Precision
 from deepgrpo_agent.samples import TrainSamples
-from deepgrpo_agent.scoring import micro_batches, pack, token_logprobs
+from deepgrpo_agent.scoring import (
+    can_share_prefix,
+    micro_batches,
+    pack,
+    shared_context_groups,
+    shared_prefix_logprobs,
+    token_logprobs,
+)
 
 if TYPE_CHECKING:
     from deepgrpo_agent.config import GRPOConfig
@@ -37,6 +45,11 @@ class UpdateSettings:
     max_grad_norm: float = 1.0
     skip_zero_advantage_rows: bool = True
     """Skip forward/backward of rows whose advantage is exactly 0 (exact; off for comparisons)."""
+    share_prefix: bool = True
+    """Compute each context shared by rows of a micro-batch once (:func:`~deepgrpo_agent.scoring.shared_prefix_logprobs`)."""
+    fused_logprobs: bool = True
+    """Chunked fp32 log-softmax on the real target positions only (:func:`~deepgrpo_agent.scoring.chosen_logprobs`);
+    False = the reference (B, T, V) path."""
 
     @staticmethod
     def from_config(config: GRPOConfig) -> UpdateSettings:
@@ -46,7 +59,7 @@ class UpdateSettings:
             temperature=config.temperature, clip_eps_low=config.clip_eps_low, clip_eps_high=config.clip_eps_high,
             dual_clip=config.dual_clip, kl_coef=config.kl_coef, loss_aggregation=config.loss_aggregation,
             max_new_tokens=config.max_new_tokens, max_grad_norm=config.max_grad_norm,
-            skip_zero_advantage_rows=config.skip_zero_advantage_rows,
+            skip_zero_advantage_rows=config.skip_zero_advantage_rows, share_prefix=config.share_prefix,
         )
 
 
@@ -65,18 +78,24 @@ class _Parts:
 
 def _scores(model: torch.nn.Module, samples: TrainSamples, idx: np.ndarray, device: torch.device,
             temperature: float, pad_id: int, vocab_size: int | None,
-            precision: Precision | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            precision: Precision | None = None, settings: UpdateSettings | None = None,
+            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs (fp32) of rows ``idx`` and their mask.
 
     The old-policy, reference and ratio log-probs all come from here, under the same ``precision``
-    (autocast for bf16): the on-policy ratio is exactly 1 (docs/precision.md).
+    (autocast for bf16) and the same path (shared prefix or packed rows, decided by the rows alone): the
+    on-policy ratio is exactly 1 (docs/precision.md).
     """
-    batch = pack([samples.contexts[i] for i in idx], [samples.targets[i] for i in idx], device, pad_id)
+    settings = settings if settings is not None else UpdateSettings()
+    contexts = [samples.contexts[i] for i in idx]
+    targets = [samples.targets[i] for i in idx]
     temps = _row_temperatures(samples, idx, temperature, device)
-    if precision is None:
-        return token_logprobs(model, batch, temps, vocab_size=vocab_size), batch.mask
-    with precision.autocast():
-        return token_logprobs(model, batch, temps, vocab_size=vocab_size), batch.mask
+    with precision.autocast() if precision is not None else contextlib.nullcontext():
+        if settings.share_prefix and can_share_prefix(model, contexts):
+            return shared_prefix_logprobs(model, contexts, targets, device, temps, vocab_size=vocab_size,
+                                          pad_id=pad_id)
+        batch = pack(contexts, targets, device, pad_id)
+        return token_logprobs(model, batch, temps, vocab_size=vocab_size, fused=settings.fused_logprobs), batch.mask
 
 
 def _row_temperatures(
@@ -146,14 +165,37 @@ def policy_update(
     # update is the same as computing them (zero-variance groups are common early in training).
     skip = settings.skip_zero_advantage_rows and parts.ref_model is None
     needed = np.flatnonzero(samples.has_signal()) if skip else np.arange(n)
-    lengths = [len(samples.contexts[i]) + len(samples.targets[i]) for i in needed]
-    groups = [needed[g] for g in micro_batches(len(needed), settings.micro_batch_size, lengths)]
+    groups = _micro_batches(samples, needed, settings)
     denominators = _stream_denominators(parts, samples)
     old, ref = _frozen_logprobs(parts, samples, groups)
     totals: dict[str, float] = {}
     for _ in range(settings.ppo_epochs):
         totals = _one_epoch(parts, optimizer, scheduler, samples, groups, denominators, old, ref)
     return totals
+
+
+def _micro_batches(samples: TrainSamples, needed: np.ndarray, settings: UpdateSettings) -> list[np.ndarray]:
+    """Micro-batches of the rows ``needed``: similar lengths together; with ``share_prefix`` and rows that
+    share contexts, rows of one context together first (each micro-batch computes few distinct contexts),
+    then by target length."""
+    group, heads = shared_context_groups([samples.contexts[i] for i in needed])
+    if settings.share_prefix and len(heads) < len(needed):
+        keys = [(int(g), len(samples.targets[i])) for g, i in zip(group, needed)]
+        order = sorted(range(len(needed)), key=lambda k: keys[k])
+        return [needed[np.asarray(order[s : s + settings.micro_batch_size], dtype=np.int64)]
+                for s in range(0, len(order), settings.micro_batch_size)]
+    lengths = [len(samples.contexts[i]) + len(samples.targets[i]) for i in needed]
+    return [needed[g] for g in micro_batches(len(needed), settings.micro_batch_size, lengths)]
+
+
+def _computed_tokens(model: torch.nn.Module, samples: TrainSamples, idx: np.ndarray, settings: UpdateSettings) -> int:
+    """Token positions the forward of rows ``idx`` computes (padding excluded): each distinct context
+    once under ``share_prefix``, every row's context + target otherwise."""
+    contexts = [samples.contexts[i] for i in idx]
+    if settings.share_prefix and can_share_prefix(model, contexts):
+        _, heads = shared_context_groups(contexts)
+        return sum(len(contexts[h]) - 1 for h in heads) + sum(max(len(samples.targets[i]), 1) for i in idx)
+    return sum(len(c) + len(samples.targets[i]) for c, i in zip(contexts, idx))
 
 
 def _stream_denominators(parts: _Parts, samples: TrainSamples) -> dict[int, float]:
@@ -182,10 +224,10 @@ def _frozen_logprobs(
         for k, idx in enumerate(groups):
             if cfg.ppo_epochs > 1:
                 old[k] = _scores(parts.model, samples, idx, device, cfg.temperature, 0, parts.vocab_size,
-                                 parts.precision)[0]
+                                 parts.precision, cfg)[0]
             if parts.ref_model is not None:
                 ref[k] = _scores(parts.ref_model, samples, idx, device, cfg.temperature, 0, parts.vocab_size,
-                                 parts.precision)[0]
+                                 parts.precision, cfg)[0]
     return old, ref
 
 
@@ -203,11 +245,11 @@ def _one_epoch(
     cfg, model, device = parts.settings, parts.model, parts.device
     aggregation, weights = get_aggregation(cfg.loss_aggregation), parts.weights
     optimizer.zero_grad(set_to_none=True)
-    sums = {"total": 0.0, "clip_fraction": 0.0, "kl": 0.0, "tokens": 0.0, "processed": 0.0}
+    sums = {"total": 0.0, "clip_fraction": 0.0, "kl": 0.0, "tokens": 0.0, "processed": 0.0, "computed": 0.0}
     stream_sums = {s: 0.0 for s in denominators}
     for k, idx in enumerate(groups):
         logp, mask = _scores(model, samples, idx, device, cfg.temperature, 0, parts.vocab_size,
-                             parts.precision)  # (b, T) fp32
+                             parts.precision, cfg)  # (b, T) fp32
         adv = _advantages(samples, idx, logp.shape[1], device)  # (b,) or per token (b, T)
         per_token, clipped = clipped_policy_loss(
             logp, old.get(k, logp.detach()), adv, eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high,
@@ -230,6 +272,7 @@ def _one_epoch(
         sums["clip_fraction"] += float((clipped & mask).sum())
         sums["tokens"] += float(mask.sum())
         sums["processed"] += float(sum(len(samples.contexts[i]) + len(samples.targets[i]) for i in idx))
+        sums["computed"] += float(_computed_tokens(model, samples, idx, cfg))
     for p in model.parameters():
         if p.requires_grad and p.grad is None:
             # What a forward/backward of the skipped zero-advantage rows would have left: zeros
@@ -245,6 +288,7 @@ def _one_epoch(
         "train/grad_norm": float(grad_norm),
         "train/trained_tokens": sums["tokens"],
         "train/processed_tokens": sums["processed"],
+        "train/computed_tokens": sums["computed"],
         "train/skipped_update": 0.0,
         **{f"loss/stream_{s}": v for s, v in stream_sums.items()},
     }

@@ -13,7 +13,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from deepgrpo_agent.engine.protocol import Completion, SamplingParams, generate_by_steps
-from deepgrpo_agent.scoring import restrict_vocab
+from deepgrpo_agent.scoring import cache_keyword, restrict_vocab
 
 __all__ = ["HFDecodeSession", "HFEngine"]
 
@@ -28,7 +28,7 @@ class HFEngine:
 
     Args:
         model: A transformers causal LM (``AutoModelForCausalLM``-style: takes ``input_ids``,
-            ``attention_mask``, ``position_ids``, ``past_key_values``; returns ``.logits``).
+            ``attention_mask``, ``position_ids``, ``cache`` or ``past_key_values``; returns ``.logits``).
         vocab_size: Size of the action space; logits of ids ``>= vocab_size`` are dropped before the
             softmax (:func:`~deepgrpo_agent.scoring.restrict_vocab`), so they are never sampled and
             log-probs and entropies are those of the distribution over ids ``< vocab_size``, the
@@ -86,6 +86,8 @@ class HFEngine:
             raise ValueError(f"Expected 0 <= `compact_threshold` <= 1 or None, got {compact_threshold}.")
         self.compact_threshold = compact_threshold
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        # transformers >= 5.20 takes the KV cache as `cache=` (`past_key_values=` warns there).
+        self._cache_kw = cache_keyword(model)
 
     def start(
         self,
@@ -145,8 +147,8 @@ class HFEngine:
                 input_ids=ids_t,
                 attention_mask=prefix_mask,
                 position_ids=positions,
-                past_key_values=cache,
                 use_cache=True,
+                **{self._cache_kw: cache},
                 **kwargs,
             )
             logits = restrict_vocab(out.logits[:, -1], self.vocab_size).float()  # (B, V)
@@ -357,8 +359,8 @@ class HFDecodeSession:
                 input_ids=input_ids,
                 attention_mask=self._mask[:, : self._width],
                 position_ids=self._positions[:, None],
-                past_key_values=self._cache,
                 use_cache=True,
+                **{self.engine._cache_kw: self._cache},
             )
             self._positions += alive_t
             self._logits = restrict_vocab(out.logits[:, -1], self.engine.vocab_size).float()  # (B, V)

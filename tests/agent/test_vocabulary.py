@@ -73,7 +73,17 @@ def test_loss_path_scores_the_distribution_the_engine_sampled(tmp_path, monkeypa
                          tuple(packed.targets[row, :n].tolist()), out[row, :n].detach().numpy().copy()))
         return out
 
+    real_shared = update.shared_prefix_logprobs
+
+    def spy_shared(model: Any, contexts: Any, targets: Any, device: Any, temp: Any = 1.0, **kw: Any) -> Any:
+        out, mask = real_shared(model, contexts, targets, device, temp, **kw)  # a group's prompt computed once
+        which = "reference" if model is trainer.ref_model else "policy"
+        for row, (c, t) in enumerate(zip(contexts, targets)):
+            seen.append((which, tuple(c.tolist()), tuple(t.tolist()), out[row, : len(t)].detach().numpy().copy()))
+        return out, mask
+
     monkeypatch.setattr(update, "token_logprobs", spy)
+    monkeypatch.setattr(update, "shared_prefix_logprobs", spy_shared)
     trainer.update(samples)
     assert {w for w, *_ in seen} == {"policy", "reference"}
     assert sum(len(t) for _, _, t, _ in seen) == 2 * sum(len(t) for t in samples.targets)
