@@ -170,7 +170,7 @@ class _ChosenLogprob(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temps: torch.Tensor,
         chunk: int,
     ) -> torch.Tensor:
@@ -186,7 +186,7 @@ class _ChosenLogprob(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         hidden, weight, targets, temps, lse, logits = ctx.saved_tensors
         chunk = ctx.chunk
         grad = grad.float()
@@ -230,7 +230,7 @@ def chosen_logprobs(
     dtype = _compute_dtype(weight)
     w = restrict_vocab(weight.t(), vocab_size).t()  # (V', H): the action space's rows
     with torch.autocast(weight.device.type, enabled=False):
-        out = _ChosenLogprob.apply(hidden.to(dtype), w.to(dtype), targets, temperatures.float(), int(chunk))
+        out = _ChosenLogprob.apply(hidden.to(dtype), w.to(dtype), targets, temperatures.float(), int(chunk))  # type: ignore[no-untyped-call]
     return out  # type: ignore[no-any-return]
 
 
