@@ -19,6 +19,7 @@ is ``group_size = N``, configuration and not code.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gc
 import hashlib
 import json
@@ -29,13 +30,18 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from deepgrpo_agent.algorithms import get_algorithm
 from deepgrpo_agent.callbacks import Callback
+<<<<<<< HEAD
 from deepgrpo_agent.config import EngineName, check_types, field_types, from_dict, to_dict
+=======
+from deepgrpo_agent.config import check_types, field_types, from_dict, to_dict
+from deepgrpo_agent.pivots import DEPTH_HIST_KEYS
+>>>>>>> 5b95bff (compare: --protocol tokens|steps, grpo-matched control, the paper's ablations as strategies, deviation options (drop_zero_advantage, truncated_roots_fail, sentence_split, phi_min_per_class, eval_split), root bin in the pivot-depth histogram, richer run records)
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,8 @@ class Strategy:
     algo: str
     overrides: Mapping[str, Any]
     description: str
+    matched: bool = False
+    """GRPO-N at matched rollouts per step: ``group_size`` comes from :attr:`CompareConfig.matched_group_size`."""
 
 
 STRATEGIES: dict[str, Strategy] = {
@@ -62,11 +70,47 @@ STRATEGIES: dict[str, Strategy] = {
     "deep-erpo": Strategy("deep-erpo", {}, "DEEP-GRPO pivots + ERPO temperatures"),
     "treerl": Strategy("treerl", {"fork_selection": "entropy"}, "TreeRL EPTree (M, N, L, T) = (6, 2, 1, 2) (§4)"),
     "uniform-tree": Strategy("uniform-tree", {}, "Uniform random forks, TreeRL's tree shape: equal rollouts, not equal tokens (§4)"),
+    "grpo-matched": Strategy(
+        "grpo", {}, "GRPO-N at DEEP-GRPO's rollouts per step: G = `matched_group_size` (the paper's compute-matched control, §5)",
+        matched=True,
+    ),
+    "grpo-paper": Strategy(
+        "grpo", {"drop_zero_advantage": True, "truncated_roots_fail": True},
+        "GRPO with the paper code's choices: zero-advantage rows out of the token-mean denominator, truncated roots score 0",
+    ),
+    # The paper's ablations (docs/methods.md §2); each changes one value of deep-grpo (p1b8, gamma 2, lambda 1).
+    "deep-grpo-root-only": Strategy("deep-grpo", {"depth_bias_gamma": -20.0},
+                                    "DEEP-GRPO ablation gamma = -20: pivots at the root only (more root rollouts)"),
+    **{
+        f"deep-grpo-gamma{g}": Strategy("deep-grpo", {"depth_bias_gamma": float(g)},
+                                        f"DEEP-GRPO ablation gamma = {g} (deep-grpo is gamma = 2)")
+        for g in (0, 1, 3)
+    },
+    **{
+        f"deep-grpo-lambda{lam:g}": Strategy("deep-grpo", {"local_loss_weight": lam},
+                                             f"DEEP-GRPO ablation lambda = {lam:g} (deep-grpo is lambda = 1)")
+        for lam in (0.5, 2.0)
+    },
+    **{
+        f"deep-grpo-p{p}b{b}": Strategy("deep-grpo", {"pivots_per_trajectory": p, "branches_per_pivot": b},
+                                        f"DEEP-GRPO ablation p{p}b{b}: {p} pivot(s) x {b} branches (deep-grpo is p1b8)")
+        for p, b in ((1, 4), (2, 4))
+    },
+    "deep-grpo-expand-all": Strategy("deep-grpo", {"expand_all": True},
+                                     "DEEP-GRPO ablation expand-all: pivots in successful roots too"),
+    "deep-grpo-paper": Strategy(
+        "deep-grpo", {"truncated_roots_fail": True, "sentence_split": "bare", "phi_min_per_class": 0},
+        "DEEP-GRPO with the paper's choices where the library differs: truncated roots score 0, sentences split on the "
+        "bare '.' token, P_phi fitted as soon as both classes occur (see docs/comparisons.md, 'Deviations')",
+    ),
 }
 """Named strategies ``deepgrpo compare --strategies`` accepts."""
 
 TESTBED_MODEL = "arithmetic-testbed"
 """The shipped tiny policy the default comparison runs on (see :mod:`deepgrpo_agent.testbed`)."""
+
+Protocol_ = Literal["tokens", "steps"]
+"""Comparison protocols: equal generated tokens, or equal optimizer steps (docs/methods.md §5)."""
 
 
 def _testbed_env_kwargs() -> dict[str, Any]:
@@ -101,14 +145,26 @@ class CompareConfig:
     The defaults are the README's testbed comparison (the shipped tiny policy on Arithmetic-v0).
     """
 
-    strategies: tuple[str, ...] = ("grpo", "deep-grpo", "erpo", "treerl", "uniform-tree")
-    """Strategy names (see `deepgrpo compare --list`); GRPO-N is grpo-n8 / grpo-n16 / grpo-n32 / grpo-n64."""
+    strategies: tuple[str, ...] = ("grpo-n8", "grpo-matched", "deep-grpo", "erpo", "treerl", "uniform-tree")
+    """Strategy names (see `deepgrpo compare --list`); GRPO-N is grpo-n8 / grpo-n16 / grpo-n32 / grpo-n64, and grpo-matched the GRPO-N whose rollouts per step match DEEP-GRPO's."""
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     """Seeds; every strategy runs once per seed (problem order, sampling and strategy randomness)."""
+    protocol: Protocol_ = "tokens"
+    """"tokens": every run spends the same `token_budget` of generated tokens (favours small batches: more steps per token); "steps": every run takes the same `steps` optimizer steps (the DEEP-GRPO paper's protocol, with grpo-matched as the compute-matched control). The cost of every run (tokens, rollouts, trained tokens, wall time) is reported either way."""
     token_budget: int = 300_000
-    """Generated tokens (roots + branches) each run may spend; a run stops after the step that reaches it."""
+    """protocol="tokens": generated tokens (roots + branches) each run may spend; a run stops after the step that reaches it."""
+    steps: int = 100
+    """protocol="steps": optimizer steps of every run."""
     num_evals: int = 6
-    """Held-out evaluations along the budget (one each budget/num_evals tokens), plus one before training."""
+    """Held-out evaluations along the run (one each budget/num_evals tokens or steps/num_evals steps), plus one before training."""
+    matched_group_size: int = 32
+    """Group size G of the strategy grpo-matched: DEEP-GRPO's rollouts per step divided by `prompts_per_step` (the default 32 is the testbed's: DEEP-GRPO p1b8 draws 64 roots + 8 branches per failed root, about 250-330 rollouts per step; the tables print every run's rollouts per step to check the match)."""
+    baselines: tuple[str, ...] = ("grpo-n8", "grpo-matched")
+    """Strategies every other strategy is compared with, paired by seed (mean difference, 95% CI, paired t-test); names not in `strategies` are skipped, and with none left the first strategy is the baseline."""
+    lr_sweep: tuple[float, ...] = ()
+    """Learning rates to sweep per strategy before the comparison (empty = no sweep, every strategy uses `train`'s rate): each strategy trains once per rate and `lr_sweep_seeds` seed, evaluated on the *validation* problems (eval_split="validation", disjoint from the test problems and from training), and its comparison runs use the rate with the best mean final validation greedy accuracy."""
+    lr_sweep_seeds: tuple[int, ...] = (100,)
+    """Seeds of the learning-rate sweep runs (distinct from `seeds` by default, so the test runs are not the ones the rate was chosen on)."""
     env_id: str = "Arithmetic-v0"
     """Registered environment id all strategies train on."""
     env_kwargs: dict[str, Any] = field(default_factory=_testbed_env_kwargs)
@@ -144,11 +200,24 @@ class CompareConfig:
             raise ValueError(f"Expected one or more distinct strategies, got {list(self.strategies)}.")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"Expected one or more distinct seeds, got {list(self.seeds)}.")
-        for name, value, low in (("token_budget", self.token_budget, 1), ("num_evals", self.num_evals, 1),
+        for name, value, low in (("token_budget", self.token_budget, 1), ("steps", self.steps, 1),
+                                 ("matched_group_size", self.matched_group_size, 2), ("num_evals", self.num_evals, 1),
                                  ("eval_problems", self.eval_problems, 1), ("pass_k", self.pass_k, 0),
                                  ("save_every", self.save_every, 0)):
             if value < low:
                 raise ValueError(f"Expected `{name}` >= {low}, got {value}.")
+        if self.protocol not in ("tokens", "steps"):
+            raise ValueError(f"Expected `protocol` 'tokens' or 'steps', got {self.protocol!r}.")
+        if self.protocol == "steps" and self.num_evals > self.steps:
+            raise ValueError(f"Expected `num_evals` <= `steps` ({self.steps}) with protocol='steps', got {self.num_evals}.")
+        unknown_base = [b for b in self.baselines if b not in STRATEGIES]
+        if unknown_base:
+            raise ValueError(f"Unknown `baselines` {unknown_base}; expected strategy names from {sorted(STRATEGIES)}.")
+        bad_lr = [lr for lr in self.lr_sweep if not lr > 0]
+        if bad_lr or len(set(self.lr_sweep)) != len(self.lr_sweep):
+            raise ValueError(f"Expected `lr_sweep` to be distinct learning rates > 0, got {list(self.lr_sweep)}.")
+        if self.lr_sweep and (not self.lr_sweep_seeds or len(set(self.lr_sweep_seeds)) != len(self.lr_sweep_seeds)):
+            raise ValueError(f"Expected one or more distinct `lr_sweep_seeds`, got {list(self.lr_sweep_seeds)}.")
         stray = [k for k in self.strategy_overrides if k not in self.strategies]
         if stray:
             raise ValueError(
@@ -169,20 +238,37 @@ class CompareConfig:
 
 
 # -- one run ----------------------------------------------------------------------------------------
-def run_config(cfg: CompareConfig, strategy: str, seed: int) -> Any:
+def run_config(cfg: CompareConfig, strategy: str, seed: int, *, learning_rate: float | None = None,
+               sweep: bool = False) -> Any:
     """The validated trainer config of one (strategy, seed) run: same env, model, budget and evaluation
-    for every strategy; strategy values on top of the shared ``train`` values."""
+    for every strategy; strategy values on top of the shared ``train`` values.
+
+    ``protocol="tokens"`` stops every run at ``token_budget`` generated tokens and evaluates at token
+    marks; ``protocol="steps"`` runs ``steps`` optimizer steps and evaluates at step marks. A
+    ``learning_rate`` (from the sweep) wins over every other value; ``sweep`` runs evaluate on the
+    validation problems and live under ``<output_dir>/lr_sweep``.
+    """
     spec = STRATEGIES[strategy]
     config_cls, _ = get_algorithm(spec.algo)
     fields = field_types(config_cls)
     shared = {k: v for k, v in cfg.train.items() if k in fields}  # e.g. `segment` only for DEEP-GRPO configs
     values: dict[str, Any] = {"total_steps": 1_000_000, "engine": cfg.engine, **shared, **spec.overrides,
                               **cfg.strategy_overrides.get(strategy, {})}
+    if spec.matched:
+        values["group_size"] = cfg.matched_group_size
+    if learning_rate is not None:
+        values["learning_rate"] = learning_rate
+    if cfg.protocol == "tokens":
+        budget = dict(max_generated_tokens=cfg.token_budget, eval_every=0,
+                      eval_every_tokens=max(cfg.token_budget // cfg.num_evals, 1))
+    else:
+        budget = dict(total_steps=cfg.steps, max_generated_tokens=None, eval_every=max(cfg.steps // cfg.num_evals, 1),
+                      eval_every_tokens=0)
+    out = sweep_dir(cfg, strategy, seed, learning_rate) if sweep else run_dir(cfg, strategy, seed)
     values.update(
-        env_id=cfg.env_id, env_kwargs=dict(cfg.env_kwargs), model=cfg.model, seed=seed,
-        max_generated_tokens=cfg.token_budget, eval_every=0,
-        eval_every_tokens=max(cfg.token_budget // cfg.num_evals, 1), eval_problems=cfg.eval_problems,
-        pass_k=cfg.pass_k, save_every=cfg.save_every, output_dir=str(run_dir(cfg, strategy, seed)),
+        env_id=cfg.env_id, env_kwargs=dict(cfg.env_kwargs), model=cfg.model, seed=seed, **budget,
+        eval_problems=cfg.eval_problems, eval_split="validation" if sweep else "test",
+        pass_k=cfg.pass_k, save_every=cfg.save_every, output_dir=str(out),
         resume=True, progress=False, tensorboard=False, wandb=False,
     )
     return from_dict(config_cls, values, where=f" (strategy {strategy!r})")
@@ -192,17 +278,30 @@ def run_dir(cfg: CompareConfig, strategy: str, seed: int) -> Path:
     return Path(cfg.output_dir) / strategy / f"seed{seed}"
 
 
+def sweep_dir(cfg: CompareConfig, strategy: str, seed: int, learning_rate: float | None) -> Path:
+    return Path(cfg.output_dir) / "lr_sweep" / strategy / f"lr{learning_rate:g}" / f"seed{seed}"
+
+
 _PLACEMENT = {"resume": None, "ray_address": None, "rollout_worker_gpus": 0.0, "rollout_workers": 0}
 """Fields left out of a run's fingerprint (always ``resume`` and where the work runs; ``rollout_workers``
 when 0), so that run directories written before these fields existed are still recognized."""
+_LATER_DEFAULTS: dict[str, Any] = {"drop_zero_advantage": False, "truncated_roots_fail": False, "eval_split": "test",
+                                   "phi_min_per_class": 10, "sentence_split": "contains"}
+"""Fields added after runs were first fingerprinted: left out of the fingerprint at these values (the
+behaviour before they existed), so that older run directories are still recognized."""
 
 
 def _fingerprint(config: Any) -> str:
     values = {k: v for k, v in to_dict(config).items()
+<<<<<<< HEAD
               if not (k in _PLACEMENT and (k in ("resume", "ray_address") or v == _PLACEMENT[k]))}
     if values.get("engine") == "hf":  # runs from before the engine fields existed keep their fingerprint
         for key in ("engine", "vllm_kv_cache_gb", "vllm_gpu_memory_utilization"):
             values.pop(key, None)
+=======
+              if not (k in _PLACEMENT and (k in ("resume", "ray_address") or v == _PLACEMENT[k]))
+              and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])}
+>>>>>>> 5b95bff (compare: --protocol tokens|steps, grpo-matched control, the paper's ablations as strategies, deviation options (drop_zero_advantage, truncated_roots_fail, sentence_split, phi_min_per_class, eval_split), root bin in the pivot-depth histogram, richer run records)
     return hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -221,7 +320,8 @@ class _PrintEvals(Callback):
         self.label, self.budget = label, budget
 
     def on_evaluate(self, trainer: Any, step: int, metrics: dict[str, float]) -> None:
-        print(f"  [{self.label}] step {step:4d}  tokens {int(trainer.budget.generated_tokens):>9,}/{self.budget:,}"
+        budget = f"/{self.budget:,}" if self.budget else ""
+        print(f"  [{self.label}] step {step:4d}  tokens {int(trainer.budget.generated_tokens):>9,}{budget}"
               f"  held-out accuracy {metrics.get('eval/accuracy', float('nan')):.3f}", flush=True)
 
 
@@ -239,7 +339,7 @@ def run_one(cfg: CompareConfig, strategy: str, seed: int) -> dict[str, Any]:
     _write_json_atomic(out / "run_config.json", {"fingerprint": _fingerprint(config), "config": to_dict(config)})
     _, trainer_cls = get_algorithm(STRATEGIES[strategy].algo)
     _quiet_transformers()
-    trainer = trainer_cls(config, callbacks=[_PrintEvals(f"{strategy} seed {seed}", cfg.token_budget)])
+    trainer = trainer_cls(config, callbacks=[_PrintEvals(f"{strategy} seed {seed}", cfg.token_budget if cfg.protocol == "tokens" else 0)])
     trainer.train()
     record = _record(strategy, seed, trainer)
     _write_json_atomic(out / "result.json", record)
@@ -261,6 +361,11 @@ def stored_record(config: Any) -> dict[str, Any] | None:
         return None
     stored = json.loads(marker.read_text())
     key = _fingerprint(config)
+    where = stored.get("config", {}).get("output_dir")
+    if stored.get("fingerprint") != key and isinstance(where, str) and where != config.output_dir:
+        # A run directory linked or copied from another comparison (e.g. the ablations reuse the steps
+        # comparison's deep-grpo runs): the same run if it is the same config at its first location.
+        key = _fingerprint(dataclasses.replace(config, output_dir=where))
     if stored.get("fingerprint") != key:
         raise ValueError(
             f"{out} holds a run with a different configuration (fingerprint {stored.get('fingerprint')} != "
@@ -303,42 +408,58 @@ def _train_lines(path: Path) -> list[dict[str, float]]:
 
 
 def _record(strategy: str, seed: int, trainer: Any) -> dict[str, Any]:
-    """What a run contributes to the tables and plots: evaluations, per-step curves, budget."""
+    """What a run contributes to the tables and plots: every evaluation, per-step curves, the cost."""
     evals = [e for e in trainer.eval_history if "eval/accuracy" in e]
     steps = _train_lines(Path(trainer.config.output_dir) / "metrics.jsonl")
     curve_keys = ("rollout/entropy", "rollout/response_length", "rollout/zero_variance_fraction",
                   "pivot/branch_success_rate", "rollout/accuracy")
-    hist = np.zeros(5)
+    hist = np.zeros(len(DEPTH_HIST_KEYS))
     for row in steps:
-        hist += np.array([row.get(f"pivot/ratio_hist_{i}", 0.0) for i in range(5)])
-    acc = [e["eval/accuracy"] for e in evals]
-    sampled = [e.get("eval/sample_accuracy", float("nan")) for e in evals]
-    pass_k = [next((v for k, v in e.items() if k.startswith("eval/pass@")), float("nan")) for e in evals]
-    return {
-        "strategy": strategy,
-        "algo": STRATEGIES[strategy].algo,
-        "seed": seed,
-        "initial_accuracy": acc[0] if acc else float("nan"),
-        "final_accuracy": acc[-1] if acc else float("nan"),
-        "best_accuracy": max(acc[1:]) if len(acc) > 1 else float("nan"),
-        "initial_sample_accuracy": sampled[0] if sampled else float("nan"),
-        "final_sample_accuracy": sampled[-1] if sampled else float("nan"),
-        "best_sample_accuracy": max(sampled[1:]) if len(sampled) > 1 else float("nan"),
-        "final_pass_at_k": pass_k[-1] if pass_k else float("nan"),
-        "generated_tokens": int(trainer.budget.generated_tokens),
-        "branch_rollouts": int(trainer.budget.branch_rollouts),
-        "root_rollouts": int(trainer.budget.root_rollouts),
-        "trained_tokens": int(trainer.budget.trained_tokens),
-        "steps": int(trainer.step),
+        hist += np.array([row.get(f"pivot/{k}", 0.0) for k in DEPTH_HIST_KEYS])
+    pass_key = next((k for e in evals for k in e if k.startswith("eval/pass@")), "eval/pass@k")
+    curve = {name: [e.get(key, float("nan")) for e in evals] for name, key in _EVAL_KEYS.items()}
+    curve["pass_at_k"] = [e.get(pass_key, float("nan")) for e in evals]
+    record: dict[str, Any] = {"strategy": strategy, "algo": STRATEGIES[strategy].algo, "seed": seed,
+                              "learning_rate": float(trainer.config.learning_rate),
+                              "group_size": int(trainer.config.group_size)}
+    for name in _EVAL_METRICS:
+        y = curve[name]
+        record[f"initial_{name}"] = y[0] if y else float("nan")
+        record[f"final_{name}"] = y[-1] if y else float("nan")
+        later = [v for v in y[1:] if np.isfinite(v)]
+        record[f"best_{name}"] = max(later) if later else float("nan")
+    entropy = [r.get("rollout/entropy", float("nan")) for r in steps]
+    tail = entropy[-max(1, len(entropy) // 10):]  # the last tenth of training: a less noisy "final" value
+    record["final_entropy"] = float(np.nanmean(tail)) if tail and np.isfinite(tail).any() else float("nan")
+    record["initial_entropy"] = float(entropy[0]) if entropy else float("nan")
+    n_steps = int(trainer.step)
+    budget = trainer.budget
+    record.update({
+        "generated_tokens": int(budget.generated_tokens),
+        "branch_rollouts": int(budget.branch_rollouts),
+        "root_rollouts": int(budget.root_rollouts),
+        "rollouts_per_step": (budget.root_rollouts + budget.branch_rollouts) / max(n_steps, 1),
+        "trained_tokens": int(budget.trained_tokens),
+        "processed_tokens": int(sum(r.get("train/processed_tokens", 0.0) for r in steps)),
+        "steps": n_steps,
         "train_wall_s": float(sum(r.get("perf/step_s", 0.0) for r in steps)),
-        "eval_curve": {"tokens": [e["budget/generated_tokens"] for e in evals], "accuracy": acc,
-                       "sample_accuracy": sampled},
+        "eval_curve": {"tokens": [e["budget/generated_tokens"] for e in evals],
+                       "steps": [e.get("step", float("nan")) for e in evals], **curve},
         "step_curves": {
             "tokens": [r.get("budget/generated_tokens", float("nan")) for r in steps],
+            "steps": [r.get("step", float(i + 1)) for i, r in enumerate(steps)],
             **{k: [r.get(k, float("nan")) for r in steps] for k in curve_keys},
         },
         "pivot_ratio_hist": hist.tolist(),
-    }
+    })
+    return record
+
+
+_EVAL_KEYS = {"accuracy": "eval/accuracy", "sample_accuracy": "eval/sample_accuracy",
+              "response_length": "eval/response_length", "truncated_fraction": "eval/truncated_fraction"}
+"""Record name -> eval metric of every evaluation kept in a run's ``eval_curve`` (plus ``pass_at_k``)."""
+_EVAL_METRICS = ("accuracy", "sample_accuracy", "pass_at_k", "response_length")
+"""Eval metrics with initial / final / best values in a run's record (``accuracy`` is greedy)."""
 
 
 # -- the comparison ---------------------------------------------------------------------------------

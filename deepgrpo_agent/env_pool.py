@@ -202,6 +202,9 @@ class EnvPool:
         else:
             eval_id = cfg.eval_env_id or (entry.eval_id if entry is not None else None)
         held_out = cfg.eval_problems if eval_id in (None, cfg.env_id) else 0
+        # eval_split="validation": the `eval_problems` problems before the test slice, also out of training.
+        validation = held_out if cfg.eval_split == "validation" else 0
+        held_out += validation
         if n - held_out < cfg.prompts_per_step:
             raise ValueError(
                 f"{cfg.env_id} has {n} problems; holding out {held_out} for evaluation leaves fewer than "
@@ -216,7 +219,8 @@ class EnvPool:
         self.train_range = (0, pool)
         self.eval_env_id: str = eval_id or cfg.env_id
         self.eval_indices = (
-            np.arange(n - held_out, n) if self.eval_env_id == cfg.env_id else np.arange(cfg.eval_problems)
+            np.arange(n - held_out, n - validation) if self.eval_env_id == cfg.env_id
+            else np.arange(cfg.eval_problems) + (cfg.eval_problems if cfg.eval_split == "validation" else 0)
         )
 
     # -- the envs -----------------------------------------------------------------------------------
