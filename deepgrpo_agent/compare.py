@@ -1,19 +1,29 @@
-"""Exploration strategies side by side: strategies x seeds at an equal generated-token budget.
+"""Exploration strategies side by side: strategies x seeds at equal generated tokens or equal optimizer steps.
 
-:func:`run_comparison` trains every (strategy, seed) pair of a :class:`CompareConfig` on one env until
-each has generated the same number of tokens (docs/methods.md §5: roots + branches), evaluating on the same
-held-out problems at the same token marks, then writes:
+:func:`run_comparison` trains every (strategy, seed) pair of a :class:`CompareConfig` on one env under
+one protocol (docs/methods.md §5): ``protocol="tokens"`` stops every run once it generated
+``token_budget`` tokens (roots + branches), ``protocol="steps"`` gives every run ``steps`` optimizer steps
+(the DEEP-GRPO paper's protocol; ``grpo-matched``, GRPO-N with DEEP-GRPO's rollouts per step, is its
+compute-matched control). Runs are evaluated on the same held-out problems at the same marks, and
+the cost of every run (steps, rollouts per step, generated and trained tokens, wall time) is
+reported under either protocol. Then it writes:
 
-- ``runs.csv``: one row per run (final / best held-out accuracy, tokens, steps, wall time);
+- ``runs.csv``: one row per run (initial / final / best greedy accuracy, sampled accuracy, pass@k,
+  entropy, response length, and the cost columns);
 - ``results.csv`` and ``results.json``: mean and std over seeds per strategy (the JSON also holds
-  every curve);
-- ``comparison.png`` and ``accuracy.png``: accuracy vs generated tokens, entropy, response length,
-  pivot-depth histogram, branch success rate and zero-variance-group fraction.
+  every curve and every run);
+- ``paired.csv`` and ``tables.md``: paired-by-seed differences against ``baselines`` with 95% t
+  intervals and paired t-test p-values (:mod:`deepgrpo_agent.stats`), and the Markdown tables;
+- ``comparison.png``, ``accuracy.png`` and ``seeds.png``: curves with ± std bands, entropy, response
+  length, pivot-depth histogram, branch success rate, zero-variance-group fraction, and every seed's
+  final accuracy with the paired intervals.
 
-Each run lives in ``<output_dir>/<strategy>/seed<k>`` with its own checkpoints, so an interrupted
-comparison resumes where it stopped: finished runs are read back, a cut run continues from its last
-checkpoint. A strategy is a name for an algorithm plus config values (:data:`STRATEGIES`): GRPO-N
-is ``group_size = N``, configuration and not code.
+With ``lr_sweep`` each strategy first picks its learning rate on *validation* problems
+(:func:`sweep_learning_rates`). Each run lives in ``<output_dir>/<strategy>/seed<k>`` with its own
+checkpoints, so an interrupted comparison resumes where it stopped: finished runs are read back, a
+cut run continues from its last checkpoint. A strategy is a name for an algorithm plus config values
+(:data:`STRATEGIES`): GRPO-N is ``group_size = N`` and the paper's ablations are DEEP-GRPO with one
+value changed, configuration and not code.
 """
 
 from __future__ import annotations
@@ -331,7 +341,11 @@ def run_one(cfg: CompareConfig, strategy: str, seed: int) -> dict[str, Any]:
     Raises:
         ValueError: If the run directory holds a run of a different configuration.
     """
-    config = run_config(cfg, strategy, seed)
+    return _train(cfg, run_config(cfg, strategy, seed), strategy, seed)
+
+
+def _train(cfg: CompareConfig, config: Any, strategy: str, seed: int) -> dict[str, Any]:
+    """Trains (or resumes, or reads back) the run of trainer config ``config`` and returns its record."""
     stored = stored_record(config)
     if stored is not None:
         return stored
@@ -510,6 +524,7 @@ def run_comparison(cfg: CompareConfig, runner: Runner | None = None) -> dict[str
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     _write_json_atomic(out / "compare_config.json", to_dict(cfg))
+    cfg = with_swept_rates(cfg, sweep_learning_rates(cfg))
     runs = plan(cfg)
     records: list[dict[str, Any] | None] = [None] * len(runs)
     todo = []
@@ -545,6 +560,58 @@ def run_comparison(cfg: CompareConfig, runner: Runner | None = None) -> dict[str
     return summary
 
 
+def sweep_learning_rates(cfg: CompareConfig) -> dict[str, float]:
+    """The learning rate of each strategy chosen by the ``lr_sweep`` (empty dict without a sweep).
+
+    Every strategy trains once per rate in ``cfg.lr_sweep`` and seed in ``cfg.lr_sweep_seeds`` under
+    the comparison's protocol and budget, evaluated on the *validation* problems (the
+    ``eval_problems`` just before the test slice, kept out of training too; ``eval_split="validation"``),
+    in this process; the rate with the best mean final validation greedy accuracy wins (ties: the
+    smaller rate). Writes ``lr_sweep.csv`` (every sweep run) and ``lr_sweep.json`` (the choice). Sweep
+    runs live in ``<output_dir>/lr_sweep`` and are read back like any other run when rerun.
+    """
+    if not cfg.lr_sweep:
+        return {}
+    rows: list[dict[str, Any]] = []
+    chosen: dict[str, float] = {}
+    for strategy in cfg.strategies:
+        scores = []
+        for lr in sorted(cfg.lr_sweep):
+            accs = []
+            for seed in cfg.lr_sweep_seeds:
+                config = run_config(cfg, strategy, seed, learning_rate=lr, sweep=True)
+                if stored_record(config) is None:
+                    _progress_line(f"lr sweep: {strategy} lr {lr:g} seed {seed} (validation problems)")
+                record = _train(cfg, config, strategy, seed)
+                accs.append(float(record["final_accuracy"]))
+                rows.append({"strategy": strategy, "learning_rate": lr, "seed": seed,
+                             "validation_final_accuracy": record["final_accuracy"],
+                             "validation_final_sample_accuracy": record["final_sample_accuracy"]})
+            scores.append((float(np.mean(accs)), lr))
+        best = max(score for score, _ in scores)
+        chosen[strategy] = min(lr for score, lr in scores if score == best)
+        _progress_line(f"lr sweep: {strategy} uses lr {chosen[strategy]:g} (mean final validation greedy accuracy "
+                       + ", ".join(f"{lr:g}: {score:.3f}" for score, lr in scores) + ")")
+    out = Path(cfg.output_dir)
+    with (out / "lr_sweep.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(list(rows[0]))
+        for row in rows:
+            w.writerow(list(row.values()))
+    _write_json_atomic(out / "lr_sweep.json", {"chosen": chosen, "runs": rows})
+    return chosen
+
+
+def with_swept_rates(cfg: CompareConfig, rates: Mapping[str, float]) -> CompareConfig:
+    """``cfg`` with each strategy's swept learning rate added to its ``strategy_overrides``."""
+    if not rates:
+        return cfg
+    overrides = {s: dict(cfg.strategy_overrides.get(s, {})) for s in cfg.strategies}
+    for s, lr in rates.items():
+        overrides[s]["learning_rate"] = lr
+    return dataclasses.replace(cfg, strategy_overrides={s: v for s, v in overrides.items() if v})
+
+
 def _bar(total: int, initial: int) -> Any:
     """The overall progress bar (runs finished of all runs), on stderr when it is a terminal."""
     from tqdm import tqdm
@@ -568,50 +635,99 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def token_grid(cfg: CompareConfig) -> np.ndarray:
-    """The token marks where curves of different runs are compared: 0, budget/num_evals, ..., budget."""
-    return np.linspace(0.0, float(cfg.token_budget), cfg.num_evals + 1)
+    """The marks where curves of different runs are compared: 0, budget/num_evals, ..., budget, in
+    generated tokens (protocol "tokens") or optimizer steps (protocol "steps")."""
+    end = float(cfg.token_budget if cfg.protocol == "tokens" else cfg.steps)
+    return np.linspace(0.0, end, cfg.num_evals + 1)
 
 
-def accuracy_at(record: Mapping[str, Any], grid: np.ndarray, key: str = "accuracy") -> np.ndarray:
-    """A run's held-out ``key`` ("accuracy": greedy, "sample_accuracy": sampled) interpolated at ``grid``
-    tokens (evaluations happen at the first step end past each mark, so each run is read off at exactly
-    the same budgets); all nan when the run did not measure it."""
+def x_axis(cfg: CompareConfig) -> str:
+    """The curves' x axis: "tokens" (generated tokens) or "steps" (optimizer steps), by protocol."""
+    return "tokens" if cfg.protocol == "tokens" else "steps"
+
+
+def accuracy_at(record: Mapping[str, Any], grid: np.ndarray, key: str = "accuracy", x: str = "tokens") -> np.ndarray:
+    """A run's held-out ``key`` ("accuracy": greedy, "sample_accuracy": sampled, "pass_at_k")
+    interpolated at ``grid`` (``x`` = "tokens" or "steps"; evaluations happen at the first step end past
+    each mark, so each run is read off at the same budgets); all nan when the run did not measure it."""
     curve = record["eval_curve"]
     y = np.asarray(curve.get(key, []), dtype=np.float64)
-    if y.size == 0 or not np.isfinite(y).all():
+    xs = np.asarray(curve.get(x, []), dtype=np.float64)
+    if y.size == 0 or xs.size != y.size or not np.isfinite(y).all():
         return np.full(grid.shape, np.nan)
-    out: np.ndarray = np.interp(grid, np.asarray(curve["tokens"], dtype=np.float64), y)
+    out: np.ndarray = np.interp(grid, xs, y)
     return out
 
 
+PAIRED_METRICS = ("final_accuracy", "best_accuracy", "final_sample_accuracy", "best_sample_accuracy",
+                  "final_pass_at_k", "best_pass_at_k", "final_entropy", "final_response_length")
+"""Record values compared with each baseline, paired by seed (``accuracy`` is greedy accuracy)."""
+
+
+def baselines_of(cfg: CompareConfig) -> list[str]:
+    """The baselines the tables compare with: ``cfg.baselines`` that are in ``cfg.strategies``, else the first strategy."""
+    return [b for b in cfg.baselines if b in cfg.strategies] or [cfg.strategies[0]]
+
+
+def paired_rows(cfg: CompareConfig, records: Sequence[Mapping[str, Any]],
+                metrics: Sequence[str] = PAIRED_METRICS) -> list[dict[str, Any]]:
+    """Every (strategy, baseline, metric): the paired-by-seed difference strategy - baseline over the
+    seeds both ran (:func:`~deepgrpo_agent.stats.paired_difference`, 95% t interval and p-value, plus a
+    percentile bootstrap interval)."""
+    from deepgrpo_agent.stats import bootstrap_ci, paired_difference
+
+    by = {(r["strategy"], r["seed"]): r for r in records if "seed" in r}
+    rows = []
+    for base in baselines_of(cfg):
+        for strategy in cfg.strategies:
+            if strategy == base:
+                continue
+            seeds = [s for s in cfg.seeds if (strategy, s) in by and (base, s) in by]
+            for metric in metrics:
+                a = [float(by[(strategy, s)].get(metric, float("nan"))) for s in seeds]
+                b = [float(by[(base, s)].get(metric, float("nan"))) for s in seeds]
+                diff = paired_difference(a, b)
+                lo, hi = bootstrap_ci(a, b)
+                rows.append({"strategy": strategy, "baseline": base, "metric": metric, **diff.as_dict(),
+                             "bootstrap_low": lo, "bootstrap_high": hi, "resolved": diff.excludes_zero()})
+    return rows
+
+
 def summarize(cfg: CompareConfig, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Mean and std over seeds of each strategy's numbers, and its mean accuracy curve."""
-    grid = token_grid(cfg)
+    """Mean and std over seeds of each strategy's numbers, its mean curves, and the paired differences
+    against the baselines (:func:`paired_rows`)."""
+    grid, x = token_grid(cfg), x_axis(cfg)
     rows = []
     for strategy in cfg.strategies:
         runs = [r for r in records if r["strategy"] == strategy]
         row: dict[str, Any] = {"strategy": strategy, "algo": STRATEGIES[strategy].algo, "seeds": len(runs)}
         for key in _SUMMARY_KEYS:
             row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([r.get(key, float("nan")) for r in runs])
-        for key in ("accuracy", "sample_accuracy"):
-            curves = np.stack([accuracy_at(r, grid, key) for r in runs])
+        for key in ("accuracy", "sample_accuracy", "pass_at_k"):
+            curves = np.stack([accuracy_at(r, grid, key, x) for r in runs])
             row[f"{key}_curve_mean"] = curves.mean(axis=0).tolist()
             row[f"{key}_curve_std"] = (curves.std(axis=0, ddof=1) if len(runs) > 1 else 0 * curves[0]).tolist()
         rows.append(row)
-    return {"token_budget": cfg.token_budget, "token_grid": grid.tolist(), "strategies": rows,
-            "config": to_dict(cfg)}
+    return {"protocol": cfg.protocol, "token_budget": cfg.token_budget, "steps": cfg.steps, "x_axis": x,
+            "token_grid": grid.tolist(), "strategies": rows, "baselines": baselines_of(cfg),
+            "paired": paired_rows(cfg, records), "config": to_dict(cfg)}
 
 
 _SUMMARY_KEYS = ("initial_accuracy", "final_accuracy", "best_accuracy", "initial_sample_accuracy",
-                 "final_sample_accuracy", "best_sample_accuracy", "final_pass_at_k", "generated_tokens",
-                 "branch_rollouts", "trained_tokens", "steps", "train_wall_s")
-_RUN_COLUMNS = ("strategy", "algo", "seed", "initial_accuracy", "final_accuracy", "best_accuracy",
-                "initial_sample_accuracy", "final_sample_accuracy", "best_sample_accuracy", "final_pass_at_k",
-                "generated_tokens", "root_rollouts", "branch_rollouts", "trained_tokens", "steps", "train_wall_s")
+                 "final_sample_accuracy", "best_sample_accuracy", "final_pass_at_k", "best_pass_at_k",
+                 "final_entropy", "final_response_length", "generated_tokens", "root_rollouts", "branch_rollouts",
+                 "rollouts_per_step", "trained_tokens", "processed_tokens", "steps", "train_wall_s", "learning_rate")
+_RUN_COLUMNS = ("strategy", "algo", "seed", "learning_rate", "group_size", "initial_accuracy", "final_accuracy",
+                "best_accuracy", "initial_sample_accuracy", "final_sample_accuracy", "best_sample_accuracy",
+                "initial_pass_at_k", "final_pass_at_k", "best_pass_at_k", "initial_entropy", "final_entropy",
+                "initial_response_length", "final_response_length", "generated_tokens", "root_rollouts",
+                "branch_rollouts", "rollouts_per_step", "trained_tokens", "processed_tokens", "steps", "train_wall_s")
 
 
 def write_tables(out: Path, records: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> None:
-    """``runs.csv`` (one row per run), ``results.csv`` (mean/std per strategy), ``results.json`` (all)."""
+    """``runs.csv`` (one row per run), ``results.csv`` (mean/std per strategy), ``paired.csv`` (paired
+    differences against the baselines), ``tables.md`` (what :func:`print_table` prints) and
+    ``results.json`` (all of it, with every curve)."""
     with (out / "runs.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(_RUN_COLUMNS)
@@ -624,28 +740,71 @@ def write_tables(out: Path, records: Sequence[Mapping[str, Any]], summary: Mappi
         w.writerow(scalar)
         for row in rows:
             w.writerow([row[k] for k in scalar])
+    paired = summary.get("paired", [])
+    if paired:
+        with (out / "paired.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(list(paired[0]))
+            for p in paired:
+                w.writerow(list(p.values()))
+    (out / "tables.md").write_text(format_tables(summary))
     _write_json_atomic(out / "results.json", {**summary, "runs": list(records)})
 
 
-def print_table(summary: Mapping[str, Any]) -> None:
-    """The results table as Markdown (mean ± std over seeds); sampled columns when they were measured."""
+def format_tables(summary: Mapping[str, Any]) -> str:
+    """The results as Markdown: per strategy (mean ± std over seeds: greedy accuracy first, as in the
+    paper, then sampled accuracy, pass@k, entropy, response length and the cost of the runs), then the
+    paired-by-seed differences against each baseline."""
     rows = summary["strategies"]
-    sampled = any(np.isfinite(r["final_sample_accuracy_mean"]) for r in rows)
     k = summary["config"].get("pass_k", 0)
-    print(f"\nEqual budget: {summary['token_budget']:,} generated tokens per run; held-out accuracy, "
-          f"mean ± std over seeds.\n")
-    head = "| strategy | seeds | greedy initial | greedy final | greedy best |"
-    if sampled:
-        head += f" sampled initial | sampled final | sampled best | pass@{k} final |"
-    print(head + " steps | branch rollouts | train wall s |")
-    print("|---" * (head.count("|") + 2) + "|")
+    if summary.get("protocol", "tokens") == "tokens":
+        head = f"Protocol `tokens`: every run spends {summary['token_budget']:,} generated tokens (roots + branches)."
+    else:
+        head = f"Protocol `steps`: every run takes {summary['steps']:,} optimizer steps."
+    lines = [head + " Held-out problems, mean ± std over seeds; final = last evaluation, best = best evaluation "
+             "after step 0.", ""]
+    cols = ["greedy final", "greedy best", "sampled final", f"pass@{k} final", "entropy final", "length final"]
+    keys = ["final_accuracy", "best_accuracy", "final_sample_accuracy", "final_pass_at_k", "final_entropy",
+            "final_response_length"]
+    lines.append("| strategy | seeds | " + " | ".join(cols) + " |")
+    lines.append("|---" * (len(cols) + 2) + "|")
     for r in rows:
-        line = (f"| {r['strategy']} | {r['seeds']} | {_pm(r, 'initial_accuracy')} | {_pm(r, 'final_accuracy')} | "
-                f"{_pm(r, 'best_accuracy')} |")
-        if sampled:
-            line += (f" {_pm(r, 'initial_sample_accuracy')} | {_pm(r, 'final_sample_accuracy')} | "
-                     f"{_pm(r, 'best_sample_accuracy')} | {_pm(r, 'final_pass_at_k')} |")
-        print(line + f" {_pm(r, 'steps', '.0f')} | {_pm(r, 'branch_rollouts', '.0f')} | {_pm(r, 'train_wall_s', '.0f')} |")
+        lines.append(f"| {r['strategy']} | {r['seeds']} | "
+                     + " | ".join(_pm(r, key, ".1f" if key == "final_response_length" else ".3f") for key in keys) + " |")
+    lines += ["", "Cost of each run (mean ± std over seeds): optimizer steps, rollouts per step (roots + branches), "
+              "generated tokens, trained tokens (response tokens in the loss), training wall time.", ""]
+    lines.append("| strategy | steps | rollouts / step | generated tokens | trained tokens | train wall s | lr |")
+    lines.append("|---" * 7 + "|")
+    for r in rows:
+        lines.append(f"| {r['strategy']} | {_pm(r, 'steps', '.0f')} | {_pm(r, 'rollouts_per_step', '.0f')} | "
+                     f"{_pm(r, 'generated_tokens', ',.0f')} | {_pm(r, 'trained_tokens', ',.0f')} | "
+                     f"{_pm(r, 'train_wall_s', '.0f')} | {r['learning_rate_mean']:g} |")
+    paired = summary.get("paired", [])
+    shown = ("final_accuracy", "best_accuracy", "final_sample_accuracy", "final_pass_at_k", "final_entropy")
+    names = {"final_accuracy": "greedy final", "best_accuracy": "greedy best", "final_sample_accuracy": "sampled final",
+             "final_pass_at_k": f"pass@{k} final", "final_entropy": "entropy final"}
+    for base in summary.get("baselines", []):
+        mine = [p for p in paired if p["baseline"] == base]
+        if not mine:
+            continue
+        lines += ["", f"Paired by seed, strategy − {base}: mean difference [95% t interval] (p, paired t-test); "
+                  "**bold** where the interval excludes 0.", ""]
+        lines.append("| strategy | n | " + " | ".join(names[m] for m in shown) + " |")
+        lines.append("|---" * (len(shown) + 2) + "|")
+        for strategy in dict.fromkeys(p["strategy"] for p in mine):
+            cells, n = [], 0
+            for m in shown:
+                p = next(x for x in mine if x["strategy"] == strategy and x["metric"] == m)
+                n = max(n, int(p["n"]))
+                text = f"{p['mean']:+.3f} [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}] (p={p['p']:.2g})"
+                cells.append(f"**{text}**" if p["resolved"] else text)
+            lines.append(f"| {strategy} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def print_table(summary: Mapping[str, Any]) -> None:
+    """Prints :func:`format_tables`."""
+    print("\n" + format_tables(summary))
 
 
 def _pm(row: Mapping[str, Any], key: str, fmt: str = ".3f") -> str:
@@ -653,23 +812,26 @@ def _pm(row: Mapping[str, Any], key: str, fmt: str = ".3f") -> str:
 
 
 # -- plots --------------------------------------------------------------------------------------------
-def _binned(record: Mapping[str, Any], key: str, grid: np.ndarray) -> np.ndarray:
-    """Per-step metric ``key`` of a run averaged within token bins ``grid[i-1] < tokens <= grid[i]``."""
+def _binned(record: Mapping[str, Any], key: str, grid: np.ndarray, x: str = "tokens") -> np.ndarray:
+    """Per-step metric ``key`` of a run averaged within bins ``grid[i-1] < x <= grid[i]`` of ``x``
+    ("tokens" or "steps")."""
     curves = record["step_curves"]
-    x = np.asarray(curves["tokens"], dtype=np.float64)
+    xs = np.asarray(curves.get(x, []), dtype=np.float64)
     y = np.asarray(curves.get(key, []), dtype=np.float64)
     out = np.full(grid.size - 1, np.nan)
-    if y.size != x.size:
+    if y.size != xs.size:
         return out
     for i in range(grid.size - 1):
-        sel = (x > grid[i]) & (x <= grid[i + 1]) & np.isfinite(y)
+        sel = (xs > grid[i]) & (xs <= grid[i + 1]) & np.isfinite(y)
         if sel.any():
             out[i] = y[sel].mean()
     return out
 
 
 def plot_comparison(cfg: CompareConfig, records: Sequence[Mapping[str, Any]], out: Path) -> list[Path]:
-    """``comparison.png`` (six panels) and ``accuracy.png``; returns the written paths."""
+    """``comparison.png`` (six panels), ``accuracy.png`` (greedy, sampled and pass@k curves, mean ±
+    std bands) and ``seeds.png`` (every seed's final greedy accuracy and the paired differences with
+    their 95% intervals); returns the written paths."""
     try:
         import matplotlib
 
@@ -677,52 +839,81 @@ def plot_comparison(cfg: CompareConfig, records: Sequence[Mapping[str, Any]], ou
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise ImportError("Plots need matplotlib: pip install matplotlib (or set plots=False).") from e
-    grid = token_grid(cfg)
-    fine = np.linspace(0.0, float(cfg.token_budget), 21)
+    grid, x = token_grid(cfg), x_axis(cfg)
+    xlabel = "generated tokens (roots + branches)" if x == "tokens" else "optimizer steps"
+    fine = np.linspace(0.0, float(grid[-1]), 21)
     centers = (fine[1:] + fine[:-1]) / 2
     colors = {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(cfg.strategies)}
     fig, axes = plt.subplots(2, 3, figsize=(16, 9))
     panels = [("rollout/entropy", "entropy of sampled tokens"), ("rollout/response_length", "response length (tokens)"),
               ("pivot/branch_success_rate", "branch success rate"),
               ("rollout/zero_variance_fraction", "zero-variance group fraction")]
-    sampled = any(np.isfinite(accuracy_at(r, grid, "sample_accuracy")).all() for r in records)
-    headline = ("sample_accuracy", f"held-out sampled accuracy (mean ± std, {len(cfg.seeds)} seeds)") \
-        if sampled else ("accuracy", f"held-out greedy accuracy (mean ± std, {len(cfg.seeds)} seeds)")
     for strategy in cfg.strategies:
         runs = [r for r in records if r["strategy"] == strategy]
-        acc = np.stack([accuracy_at(r, grid, headline[0]) for r in runs])
-        _band(axes[0, 0], grid, acc, strategy, colors[strategy])
+        _band(axes[0, 0], grid, np.stack([accuracy_at(r, grid, "accuracy", x) for r in runs]), strategy,
+              colors[strategy])
         for ax, (key, _) in zip((axes[0, 1], axes[0, 2], axes[1, 1], axes[1, 2]), panels):
-            _band(ax, centers, np.stack([_binned(r, key, fine) for r in runs]), strategy, colors[strategy])
-    axes[0, 0].set_title(headline[1])
+            _band(ax, centers, np.stack([_binned(r, key, fine, x) for r in runs]), strategy, colors[strategy])
+    axes[0, 0].set_title(f"held-out greedy accuracy (mean ± std, {len(cfg.seeds)} seeds)")
     for ax, (_, title) in zip((axes[0, 1], axes[0, 2], axes[1, 1], axes[1, 2]), panels):
         ax.set_title(title)
     _pivot_hist(axes[1, 0], cfg, records, colors)
     for ax in axes.flat:
         if ax is not axes[1, 0]:
-            ax.set_xlabel("generated tokens")
+            ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
-    fig.suptitle(f"{cfg.env_id} {cfg.env_kwargs} · model {cfg.model} · equal budget {cfg.token_budget:,} tokens")
+    budget = f"equal budget {cfg.token_budget:,} tokens" if x == "tokens" else f"equal steps ({cfg.steps})"
+    fig.suptitle(f"{cfg.env_id} {cfg.env_kwargs} · model {cfg.model} · {budget}")
     fig.tight_layout()
-    paths = [out / "comparison.png", out / "accuracy.png"]
+    paths = [out / "comparison.png", out / "accuracy.png", out / "seeds.png"]
     fig.savefig(paths[0], dpi=110)
     plt.close(fig)
-    kinds = [("accuracy", "greedy")] + ([("sample_accuracy", "sampled")] if sampled else [])
-    fig, accs = plt.subplots(1, len(kinds), figsize=(7 * len(kinds), 4.5), squeeze=False)
+    kinds = [("accuracy", "greedy accuracy"), ("sample_accuracy", "sampled accuracy"), ("pass_at_k", f"pass@{cfg.pass_k}")]
+    kinds = [kd for kd in kinds if any(np.isfinite(accuracy_at(r, grid, kd[0], x)).all() for r in records)]
+    fig, accs = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 4.5), squeeze=False)
     for ax, (key, label) in zip(accs[0], kinds):
         for strategy in cfg.strategies:
             runs = [r for r in records if r["strategy"] == strategy]
-            _band(ax, grid, np.stack([accuracy_at(r, grid, key) for r in runs]), strategy, colors[strategy])
-        ax.set_xlabel("generated tokens (roots + branches)")
-        ax.set_ylabel(f"held-out {label} accuracy")
-        ax.set_title(f"{label}: mean ± std over {len(cfg.seeds)} seeds, equal budget")
+            _band(ax, grid, np.stack([accuracy_at(r, grid, key, x) for r in runs]), strategy, colors[strategy])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"held-out {label}")
+        ax.set_title(f"{label}: mean ± std over {len(cfg.seeds)} seeds")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(paths[1], dpi=110)
     plt.close(fig)
+    _plot_seeds(cfg, records, paths[2], colors, plt)
     return paths
+
+
+def _plot_seeds(cfg: CompareConfig, records: Sequence[Mapping[str, Any]], path: Path, colors: dict[str, Any],
+                plt: Any) -> None:
+    """Left: every seed's final greedy accuracy per strategy (the spread). Right: the paired difference
+    to the first baseline with its 95% t interval."""
+    base = baselines_of(cfg)[0]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
+    for i, strategy in enumerate(cfg.strategies):
+        ys = [r["final_accuracy"] for r in records if r["strategy"] == strategy]
+        left.scatter(np.full(len(ys), i) + np.linspace(-0.15, 0.15, len(ys)), ys, color=colors[strategy], s=18)
+        left.hlines(np.mean(ys), i - 0.3, i + 0.3, color=colors[strategy])
+    left.set_xticks(range(len(cfg.strategies)), cfg.strategies, rotation=30, ha="right", fontsize=8)
+    left.set_ylabel("final held-out greedy accuracy")
+    left.set_title("every seed (dots) and the mean (line)")
+    rows = [p for p in paired_rows(cfg, records, ("final_accuracy",)) if p["baseline"] == base]
+    for i, p in enumerate(rows):
+        right.errorbar(p["mean"], i, xerr=[[p["mean"] - p["ci_low"]], [p["ci_high"] - p["mean"]]], fmt="o",
+                       color=colors[p["strategy"]], capsize=3)
+    right.axvline(0.0, color="k", lw=0.8)
+    right.set_yticks(range(len(rows)), [p["strategy"] for p in rows], fontsize=8)
+    right.set_xlabel(f"final greedy accuracy − {base} (paired by seed)")
+    right.set_title("mean difference and 95% t interval")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _band(ax: Any, x: np.ndarray, ys: np.ndarray, label: str, color: Any) -> None:
@@ -739,20 +930,32 @@ def _band(ax: Any, x: np.ndarray, ys: np.ndarray, label: str, color: Any) -> Non
     ax.fill_between(x[valid], mean - std, mean + std, color=color, alpha=0.15)
 
 
+HIST_LABELS = ("root", "(0, .2]", "(.2, .4]", "(.4, .6]", "(.6, .8]", "(.8, 1]")
+"""Bins of the pivot-depth histogram (:func:`~deepgrpo_agent.pivots.depth_histogram`)."""
+
+
 def _pivot_hist(ax: Any, cfg: CompareConfig, records: Sequence[Mapping[str, Any]], colors: dict[str, Any]) -> None:
-    """Where branching strategies branched: the normalized depth r of their pivots / fork points."""
+    """Where branching strategies branched: root pivots apart, the others by normalized depth r."""
     branching = [s for s in cfg.strategies
                  if any(sum(r["pivot_ratio_hist"]) > 0 for r in records if r["strategy"] == s)]
     width = 0.8 / max(len(branching), 1)
     for k, strategy in enumerate(branching):
-        hist = np.sum([r["pivot_ratio_hist"] for r in records if r["strategy"] == strategy], axis=0)
+        hists = [_six_bins(r["pivot_ratio_hist"]) for r in records if r["strategy"] == strategy]
+        hist = np.sum(hists, axis=0)
         share = hist / max(hist.sum(), 1.0)
-        ax.bar(np.arange(5) + k * width - 0.4 + width / 2, share, width, label=strategy, color=colors[strategy])
-    ax.set_xticks(range(5), [f"{i / 5:.1f}-{(i + 1) / 5:.1f}" for i in range(5)])
-    ax.set_xlabel("pivot / fork depth r (fraction of the response)")
+        ax.bar(np.arange(6) + k * width - 0.4 + width / 2, share, width, label=strategy, color=colors[strategy])
+    ax.set_xticks(range(6), HIST_LABELS)
+    ax.set_xlabel("pivot / fork depth: root, or r (fraction of the response)")
     ax.set_title("pivot-depth histogram (share of pivots)")
     if branching:
         ax.legend(fontsize=8)
+
+
+def _six_bins(hist: Sequence[float]) -> np.ndarray:
+    """A record's histogram as the six bins of :data:`HIST_LABELS` (records written before the root bin
+    existed hold five r bins)."""
+    h = np.asarray(hist, dtype=np.float64)
+    return h if h.size == 6 else np.concatenate([[0.0], h])
 
 
 def describe_strategies() -> str:
@@ -777,6 +980,13 @@ __all__ = [
     "run_one",
     "stored_record",
     "summarize",
+    "sweep_learning_rates",
+    "with_swept_rates",
     "token_grid",
     "write_tables",
+    "x_axis",
+    "paired_rows",
+    "baselines_of",
+    "format_tables",
+    "PAIRED_METRICS",
 ]
