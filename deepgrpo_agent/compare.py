@@ -197,6 +197,8 @@ class CompareConfig:
     """Where runs, tables and plots go; rerunning with the same config resumes and reuses finished runs."""
     plots: bool = True
     """Write PNG plots (needs matplotlib)."""
+    report_only: bool = False
+    """Start no run: tabulate (and plot) only the runs that already finished, listing the missing ones; strategies without a finished run are left out, and paired statistics use the seeds both sides finished."""
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -533,6 +535,8 @@ def run_comparison(cfg: CompareConfig, runner: Runner | None = None) -> dict[str
         if records[index] is None:
             todo.append((index, strategy, seed))
     reused = len(runs) - len(todo)
+    if cfg.report_only:
+        return _report_finished(cfg, runs, records, todo)
     _progress_line(f"{len(runs)} runs ({len(cfg.strategies)} strategies x {len(cfg.seeds)} seeds), {reused} finished "
                    f"earlier and read back; running {len(todo)} on {runner.describe()}")
     bar, finished = _bar(len(runs), reused), reused
@@ -556,6 +560,27 @@ def run_comparison(cfg: CompareConfig, runner: Runner | None = None) -> dict[str
     write_tables(out, done, summary)
     if cfg.plots:
         plot_comparison(cfg, done, out)
+    print_table(summary)
+    return summary
+
+
+def _report_finished(cfg: CompareConfig, runs: Sequence[tuple[str, int]], records: Sequence[dict[str, Any] | None],
+                     todo: Sequence[tuple[int, str, int]]) -> dict[str, Any]:
+    """``report_only``: the tables and plots of the finished runs alone."""
+    if todo:
+        _progress_line(f"report only: {len(todo)} of {len(runs)} runs have not finished and are left out: "
+                       + ", ".join(f"{s} seed {k}" for _, s, k in todo))
+    done = [r for r in records if r is not None]
+    if not done:
+        raise RuntimeError(f"No run of this comparison has finished in {cfg.output_dir}; run it without report_only.")
+    kept = tuple(s for s in cfg.strategies if any(r["strategy"] == s for r in done))
+    seeds = tuple(k for k in cfg.seeds if any(r["seed"] == k for r in done))
+    sub = dataclasses.replace(cfg, strategies=kept, seeds=seeds,
+                              strategy_overrides={k: v for k, v in cfg.strategy_overrides.items() if k in kept})
+    summary = summarize(sub, done)
+    write_tables(Path(cfg.output_dir), done, summary)
+    if cfg.plots:
+        plot_comparison(sub, done, Path(cfg.output_dir))
     print_table(summary)
     return summary
 

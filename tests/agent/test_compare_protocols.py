@@ -71,9 +71,11 @@ def test_steps_protocol_end_to_end_equal_steps_and_cost_columns(tmp_path: Path) 
         assert r["steps"] == 2  # every run took exactly the same optimizer steps
         assert r["eval_curve"]["steps"] == [0.0, 2.0]
         assert r["rollouts_per_step"] == pytest.approx((r["root_rollouts"] + r["branch_rollouts"]) / 2)
-        assert r["trained_tokens"] > 0 and r["generated_tokens"] > 0 and r["train_wall_s"] > 0
+        assert r["generated_tokens"] > 0 and r["train_wall_s"] > 0
     grpo = [r for r in runs if r["strategy"] == "grpo"]
     assert all(r["rollouts_per_step"] == 16 and r["branch_rollouts"] == 0 for r in grpo)  # 4 prompts x 4 roots
+    # GRPO trains on every root's response tokens (DEEP-GRPO drops its zero-advantage rows, maybe all of them).
+    assert all(r["trained_tokens"] == r["generated_tokens"] for r in grpo)
     assert summary["protocol"] == "steps" and summary["baselines"] == ["grpo"]
     paired = [p for p in summary["paired"] if p["metric"] == "final_accuracy"]
     assert [(p["strategy"], p["baseline"], p["n"]) for p in paired] == [("deep-grpo", "grpo", 2)]
@@ -260,9 +262,9 @@ def test_sweep_runs_evaluate_on_validation_problems_disjoint_from_test_and_train
     try:
         val, tst = pools[0].eval_indices, pools[1].eval_indices
         assert len(val) == len(tst) == 8 and not set(val) & set(tst)
-        for pool in pools:
+        for pool in pools:  # training draws from [lo, hi), below both held-out slices
             lo, hi = pool.train_range
-            assert not set(range(lo, hi)) & (set(val) | set(tst))
+            assert lo == 0 and hi <= min(val.min(), tst.min())
     finally:
         for pool in pools:
             pool.close()
