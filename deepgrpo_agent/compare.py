@@ -46,12 +46,8 @@ import numpy as np
 
 from deepgrpo_agent.algorithms import get_algorithm
 from deepgrpo_agent.callbacks import Callback
-<<<<<<< HEAD
 from deepgrpo_agent.config import EngineName, check_types, field_types, from_dict, to_dict
-=======
-from deepgrpo_agent.config import check_types, field_types, from_dict, to_dict
 from deepgrpo_agent.pivots import DEPTH_HIST_KEYS
->>>>>>> 5b95bff (compare: --protocol tokens|steps, grpo-matched control, the paper's ablations as strategies, deviation options (drop_zero_advantage, truncated_roots_fail, sentence_split, phi_min_per_class, eval_split), root bin in the pivot-depth histogram, richer run records)
 
 
 @dataclass(frozen=True)
@@ -305,15 +301,11 @@ behaviour before they existed), so that older run directories are still recogniz
 
 def _fingerprint(config: Any) -> str:
     values = {k: v for k, v in to_dict(config).items()
-<<<<<<< HEAD
-              if not (k in _PLACEMENT and (k in ("resume", "ray_address") or v == _PLACEMENT[k]))}
+              if not (k in _PLACEMENT and (k in ("resume", "ray_address") or v == _PLACEMENT[k]))
+              and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])}
     if values.get("engine") == "hf":  # runs from before the engine fields existed keep their fingerprint
         for key in ("engine", "vllm_kv_cache_gb", "vllm_gpu_memory_utilization"):
             values.pop(key, None)
-=======
-              if not (k in _PLACEMENT and (k in ("resume", "ray_address") or v == _PLACEMENT[k]))
-              and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])}
->>>>>>> 5b95bff (compare: --protocol tokens|steps, grpo-matched control, the paper's ablations as strategies, deviation options (drop_zero_advantage, truncated_roots_fail, sentence_split, phi_min_per_class, eval_split), root bin in the pivot-depth histogram, richer run records)
     return hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
