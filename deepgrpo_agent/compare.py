@@ -299,12 +299,14 @@ _LATER_DEFAULTS: dict[str, Any] = {"drop_zero_advantage": False, "truncated_root
 behaviour before they existed), so that older run directories are still recognized."""
 
 
-def _fingerprint(config: Any) -> str:
+def _fingerprint(config: Any, *, engine_key: bool = False) -> str:
+    """The run's identity; ``engine_key`` keeps ``engine = "hf"`` in it, as runs written while `engine`
+    existed without the vLLM fields had it."""
     values = {k: v for k, v in to_dict(config).items()
               if not (k in _PLACEMENT and (k in ("resume", "ray_address") or v == _PLACEMENT[k]))
               and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])}
     if values.get("engine") == "hf":  # runs from before the engine fields existed keep their fingerprint
-        for key in ("engine", "vllm_kv_cache_gb", "vllm_gpu_memory_utilization"):
+        for key in ("engine", "vllm_kv_cache_gb", "vllm_gpu_memory_utilization")[int(engine_key):]:
             values.pop(key, None)
     return hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -370,10 +372,13 @@ def stored_record(config: Any) -> dict[str, Any] | None:
     stored = json.loads(marker.read_text())
     key = _fingerprint(config)
     where = stored.get("config", {}).get("output_dir")
-    if stored.get("fingerprint") != key and isinstance(where, str) and where != config.output_dir:
-        # A run directory linked or copied from another comparison (e.g. the ablations reuse the steps
-        # comparison's deep-grpo runs): the same run if it is the same config at its first location.
-        key = _fingerprint(dataclasses.replace(config, output_dir=where))
+    # A run directory linked or copied from another comparison (e.g. the ablations reuse the steps
+    # comparison's deep-grpo runs) is the same run if it is the same config at its first location.
+    at = [config] + ([dataclasses.replace(config, output_dir=where)]
+                     if isinstance(where, str) and where != config.output_dir else [])
+    known = {_fingerprint(c, engine_key=e) for c in at for e in (False, True)}
+    if stored.get("fingerprint") in known:
+        key = stored["fingerprint"]
     if stored.get("fingerprint") != key:
         raise ValueError(
             f"{out} holds a run with a different configuration (fingerprint {stored.get('fingerprint')} != "
