@@ -266,6 +266,7 @@ def run_config(cfg: CompareConfig, strategy: str, seed: int, *, learning_rate: f
         values["group_size"] = cfg.matched_group_size
     if learning_rate is not None:
         values["learning_rate"] = learning_rate
+    budget: dict[str, int | None]
     if cfg.protocol == "tokens":
         budget = dict(max_generated_tokens=cfg.token_budget, eval_every=0,
                       eval_every_tokens=max(cfg.token_budget // cfg.num_evals, 1))
