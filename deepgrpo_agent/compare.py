@@ -81,7 +81,7 @@ STRATEGIES: dict[str, Strategy] = {
         matched=True,
     ),
     "grpo-paper": Strategy(
-        "grpo", {"drop_zero_advantage": True, "truncated_roots_fail": True},
+        "grpo", {"drop_zero_advantage_roots": True, "truncated_roots_fail": True},
         "GRPO with the paper code's choices: zero-advantage rows out of the token-mean denominator, truncated roots score 0",
     ),
     # The paper's ablations (docs/methods.md §2); each changes one value of deep-grpo (p1b8, gamma 2, lambda 1).
@@ -294,7 +294,7 @@ def sweep_dir(cfg: CompareConfig, strategy: str, seed: int, learning_rate: float
 _PLACEMENT = {"resume": None, "ray_address": None, "rollout_worker_gpus": 0.0, "rollout_workers": 0}
 """Fields left out of a run's fingerprint (always ``resume`` and where the work runs; ``rollout_workers``
 when 0), so that run directories written before these fields existed are still recognized."""
-_LATER_DEFAULTS: dict[str, Any] = {"drop_zero_advantage": False, "truncated_roots_fail": False, "eval_split": "test",
+_LATER_DEFAULTS: dict[str, Any] = {"drop_zero_advantage_roots": False, "truncated_roots_fail": False, "eval_split": "test",
                                    "phi_min_per_class": 10, "sentence_split": "contains"}
 """Fields added after runs were first fingerprinted: left out of the fingerprint at these values (the
 behaviour before they existed), so that older run directories are still recognized."""

@@ -411,7 +411,7 @@ class GRPOConfig:
     """Sequences per forward/backward pass; gradients accumulate to exactly the full-batch gradient."""
     skip_zero_advantage_rows: bool = True
     """Skip the forward/backward pass of rows whose advantage is exactly 0 (the update is the same; off only to measure the work of an update that computes them, as TRL does)."""
-    drop_zero_advantage: bool = False
+    drop_zero_advantage_roots: bool = False
     """Drop samples with |A| < 1e-8 before the update, so that their tokens leave the token-mean denominator too (the DEEP-GRPO paper code's GRPO); False keeps them in the denominator (they carry no gradient)."""
 
     # -- loss

@@ -66,7 +66,7 @@ from deepgrpo_env.state import EnvState
 
 _MAX_EPOCH_SIZE = 10_000_000  # above this many training problems, sample i.i.d. instead of by epochs
 ZERO_ADVANTAGE = 1e-8
-"""Samples with |A| below this count as zero-advantage (``drop_zero_advantage``; the paper code's threshold)."""
+"""Samples with |A| below this count as zero-advantage (``drop_zero_advantage_roots``; the paper code's threshold)."""
 
 
 def fail_truncated(batch: RolloutBatch) -> RolloutBatch:
@@ -433,7 +433,7 @@ class GRPOTrainer:
             samples = TrainSamples.from_batch(batch, self.root_advantages(batch), GLOBAL_STREAM)
             parts.append(samples.select(signal) if self.config.dynamic_sampling != "off" else samples)
         out = TrainSamples.concat(parts)
-        if self.config.drop_zero_advantage:  # the paper code: such rows leave the token-mean denominator
+        if self.config.drop_zero_advantage_roots:  # the paper code: such rows leave the token-mean denominator
             out = out.select(np.abs(out.advantages) >= ZERO_ADVANTAGE)
         return out, {}
 
