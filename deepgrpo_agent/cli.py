@@ -290,7 +290,8 @@ def _ray_parser() -> argparse.ArgumentParser:
 
 
 def cmd_compare(argv: Sequence[str]) -> int:
-    """``deepgrpo compare [--strategies ...] [--seeds ...] [--token-budget N] [--ray [ADDRESS]] [--list]``: equal-budget comparison."""
+    """``deepgrpo compare [--protocol tokens|steps] [--strategies ...] [--seeds ...] [--baselines ...] [--lr-sweep ...]
+    [--ray [ADDRESS]] [--list]``: strategies x seeds at equal generated tokens or equal optimizer steps."""
     from deepgrpo_agent.compare import CompareConfig, describe_strategies, run_comparison
     from deepgrpo_agent.config_cli import parse_config
 

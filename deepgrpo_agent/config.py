@@ -48,6 +48,8 @@ DType = Literal["auto", "float32", "bfloat16", "float16"]
 """Compute dtypes (bfloat16 = mixed precision with fp32 master weights)."""
 EngineName = Literal["hf", "vllm"]
 """Generation backends (the keys of :data:`deepgrpo_agent.engine.ENGINES`)."""
+EvalSplit = Literal["test", "validation"]
+"""Held-out slices: the test problems, or the validation problems just before them."""
 
 # -- reading the dataclasses ---------------------------------------------------------------------------
 
@@ -411,6 +413,8 @@ class GRPOConfig:
     """Skip the forward/backward pass of rows whose advantage is exactly 0 (the update is the same; off only to measure the work of an update that computes them, as TRL does)."""
     share_prefix: bool = True
     """Compute a context shared by several rows (a group's prompt, a pivot's prefix) once per micro-batch and train the rows' responses against its cache (same gradient up to rounding; docs/performance.md)."""
+    drop_zero_advantage_roots: bool = False
+    """Drop samples with |A| < 1e-8 before the update, so that their tokens leave the token-mean denominator too (the DEEP-GRPO paper code's GRPO); False keeps them in the denominator (they carry no gradient)."""
 
     # -- loss
     clip_eps_low: float = 0.2
@@ -425,6 +429,8 @@ class GRPOConfig:
     """Reduction of token losses: "token-mean" (DAPO), "sequence-mean" (original GRPO) or "dr-grpo" (sum / (sequences × max_new_tokens))."""
     kl_coef: float = 0.0
     """Coefficient β of the k3 KL penalty to the frozen initial policy (the paper's runs: 1e-4); 0 = no reference model."""
+    truncated_roots_fail: bool = False
+    """Score root rollouts that hit the response budget as 0 (the DEEP-GRPO paper scores every truncated sample 0); False grades them like finished ones."""
     dynamic_sampling: DynamicSampling = "off"
     """Groups whose rewards are all equal: "off" keeps them (advantage 0), "drop" removes them, "refill" removes them and samples more prompts (DAPO)."""
     max_refill_rounds: int = 4
@@ -437,6 +443,8 @@ class GRPOConfig:
     """Also evaluate each time the generated-token count crosses a multiple of this (equal-budget curves); 0 = off."""
     eval_problems: int = 64
     """Held-out problems per evaluation: a fixed random subset of the training env's problems (env_pool.SPLIT_SEED, independent of `seed`), never trained on; the first this many of a separate eval env."""
+    eval_split: EvalSplit = "test"
+    """Which held-out slice evaluation uses: "test" (the fixed random held-out subset) or "validation" (another `eval_problems` problems of the same seeded permutation, also kept out of training; for choosing hyperparameters such as the learning rate without looking at the test slice)."""
     eval_max_new_tokens: int | None = None
     """Token budget of evaluation responses; None = `max_new_tokens`."""
     pass_k: int = 4

@@ -14,7 +14,10 @@ Deviations from the paper (docs/methods.md §2):
   branch samples, for batches of 512 roots); set it to 128 to reproduce.
 - P_phi is fitted with Newton steps in numpy (same objective as scikit-learn's lbfgs with C = 1).
 - Branches cut by the env's response budget are scored 0 (``truncated_is_failure``), as in the paper;
-  root rollouts are scored as GRPO scores them.
+  root rollouts are scored as GRPO scores them unless ``truncated_roots_fail`` (the paper's rule).
+- Sentence segments end after any token containing '.' unless ``sentence_split='bare'`` (the paper's
+  bare '.' token); P_phi is refit once per step, after the step's branches, once more than
+  ``phi_min_per_class`` pivots of each class are buffered (docs/comparisons.md, "Deviations").
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ import numpy as np
 from deepgrpo_agent.config import GRPOConfig
 from deepgrpo_agent.pivot_utility import PIVOT_UTILITIES, PivotSelector, candidate_features
 from deepgrpo_agent.pivots import (
+    DEPTH_HIST_KEYS,
     SEGMENT_MARKERS,
     Recoverability,
     boundary_table,
     candidates,
+    depth_histogram,
     segment_ends,
 )
 from deepgrpo_agent.rollout import RolloutBatch
@@ -76,6 +81,10 @@ class DeepGRPOConfig(GRPOConfig):
     """Score branches that hit the response budget as 0 (the paper's rule)."""
     phi_buffer_size: int = 10_000
     """FIFO capacity of the (r, any-branch-succeeded) buffer that P_phi is fitted on."""
+    phi_min_per_class: int = 10
+    """P_phi is fitted once the buffer holds more than this many pivots of each class (any branch succeeded / none); before that P_phi = 1. 10 is docs/methods.md's rule; 0 fits as soon as both classes occur."""
+    sentence_split: Literal["contains", "bare"] = "contains"
+    """With segment='sentence': end a segment after every token whose text contains '.' ('contains', e.g. inside "3.50") or only after the bare '.' token ('bare', the paper's split)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -86,6 +95,7 @@ class DeepGRPOConfig(GRPOConfig):
             ("segment_tokens", self.segment_tokens >= 1, ">= 1"),
             ("min_branch_samples", self.min_branch_samples >= 0, ">= 0"),
             ("phi_buffer_size", self.phi_buffer_size >= 1, ">= 1"),
+            ("phi_min_per_class", self.phi_min_per_class >= 0, ">= 0"),
         ]
         for name, ok, want in checks:
             if not ok:
@@ -128,14 +138,15 @@ class DeepGRPOTrainer(GRPOTrainer):
         if not isinstance(config, DeepGRPOConfig):
             raise TypeError(f"Expected a DeepGRPOConfig, got {type(config).__name__}.")
         # Strategy state exists before GRPOTrainer.__init__, which may resume it from a checkpoint.
-        self.phi = Recoverability(capacity=config.phi_buffer_size)
+        self.phi = Recoverability(capacity=config.phi_buffer_size, min_per_class=config.phi_min_per_class)
         self.pivot_rng = np.random.default_rng([config.seed, PIVOT_RNG_SALT])
         utility_name = "uniform" if config.pivot_sampling == "uniform" else config.pivot_utility
         self.selector = PivotSelector(utility_name, config.depth_bias_gamma, self.phi, config.phi_buffer_size)
         super().__init__(config, **kwargs)
         self.boundary_ids = (
             None if config.segment == "tokens"
-            else boundary_table(self.env.codec.decode, self.envs.vocab_size, config.segment)
+            else boundary_table(self.env.codec.decode, self.envs.vocab_size, config.segment,
+                                bare=config.sentence_split == "bare" and config.segment == "sentence")
         )
         if self.boundary_ids is not None and not self.boundary_ids.any():
             raise ValueError(
@@ -244,7 +255,7 @@ class DeepGRPOTrainer(GRPOTrainer):
 
     def _pivot_metrics(self, pivots: list[Pivot]) -> dict[str, float]:
         ratios = np.array([p.ratio for p in pivots])
-        hist = np.histogram(ratios, bins=5, range=(0.0, 1.0))[0] if pivots else np.zeros(5)
+        hist = depth_histogram([p.depth for p in pivots], ratios)
         out = {
             "pivot/count": float(len(pivots)),
             "pivot/depth_tokens_mean": float(np.mean([p.depth for p in pivots])) if pivots else 0.0,
@@ -254,7 +265,7 @@ class DeepGRPOTrainer(GRPOTrainer):
             "pivot/phi_b": float(self.phi.b) if self.phi.b is not None else float("nan"),
             "pivot/phi_buffer": float(len(self.phi.buffer)),
         }
-        out.update({f"pivot/ratio_hist_{i}": float(h) for i, h in enumerate(hist)})
+        out.update({f"pivot/{name}": float(h) for name, h in zip(DEPTH_HIST_KEYS, hist)})
         return out
 
     # -- checkpointed strategy state --------------------------------------------------------------

@@ -238,6 +238,9 @@ class EnvPool:
         else:
             eval_id = cfg.eval_env_id or (entry.eval_id if entry is not None else None)
         held_out = cfg.eval_problems if eval_id in (None, cfg.env_id) else 0
+        # eval_split="validation": the `eval_problems` problems before the test slice, also out of training.
+        validation = held_out if cfg.eval_split == "validation" else 0
+        held_out += validation
         if n - held_out < cfg.prompts_per_step:
             raise ValueError(
                 f"{cfg.env_id} has {n} problems; holding out {held_out} for evaluation leaves fewer than "
@@ -251,17 +254,28 @@ class EnvPool:
             )
         self.eval_env_id: str = eval_id or cfg.env_id
         self.train_indices: np.ndarray | None
+        test_n = held_out - validation
         if n > MAX_SHUFFLED_SPLIT:
             # A procedural source (Arithmetic-v0 has 2**31 problems, i.i.d. by index): the held-out
-            # problems are the last indices, training draws from the rest, nothing is materialized.
+            # problems are the last indices (validation just before them), training draws from the
+            # rest, nothing is materialized.
             self.train_indices = None
             self.train_range = (0, pool)
-            held = np.arange(n - held_out, n)
+            test = np.arange(n - test_n, n)
+            val = np.arange(n - held_out, n - test_n)
         else:
+            # The test problems are the same whatever eval_split says (the permutation's first test_n);
+            # validation problems are the next ones of the same permutation.
             held, train = split_problems(n, held_out)
+            test = split_problems(n, test_n)[0]
+            val = np.setdiff1d(held, test)
             self.train_indices = np.sort(train[:pool])
             self.train_range = (int(self.train_indices[0]), int(self.train_indices[-1]) + 1)
-        self.eval_indices = held if self.eval_env_id == cfg.env_id else np.arange(cfg.eval_problems)
+        mine = val if cfg.eval_split == "validation" else test
+        self.eval_indices = (
+            mine if self.eval_env_id == cfg.env_id
+            else np.arange(cfg.eval_problems) + (cfg.eval_problems if cfg.eval_split == "validation" else 0)
+        )
 
     # -- the envs -----------------------------------------------------------------------------------
     def branch_env(self, needed: int) -> Any:

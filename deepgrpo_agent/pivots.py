@@ -165,7 +165,33 @@ SEGMENT_MARKERS = {"sentence": ".", "line": "\n"}
 """The text whose tokens end a segment in each boundary-based segment mode."""
 
 
-def boundary_table(decode: Any, vocab_size: int, mode: str = "sentence") -> npt.NDArray[np.bool_]:
-    """(vocab,) bool: which token ids decode to text containing the ``mode``'s marker ('.' or newline)."""
+def boundary_table(decode: Any, vocab_size: int, mode: str = "sentence", *, bare: bool = False) -> npt.NDArray[np.bool_]:
+    """(vocab,) bool: which token ids decode to text containing the ``mode``'s marker ('.' or newline);
+    with ``bare``, only the tokens whose text *is* the marker (the paper's split on the '.' token)."""
     marker = SEGMENT_MARKERS[mode]
+    if bare:
+        return np.array([decode([i]) == marker for i in range(vocab_size)], dtype=bool)
     return np.array([marker in decode([i]) for i in range(vocab_size)], dtype=bool)
+
+
+DEPTH_HIST_KEYS = ("depth_hist_root", *(f"ratio_hist_{i}" for i in range(5)))
+"""Metric names of :func:`depth_histogram`'s bins: root pivots, then r in (0, 0.2], ..., (0.8, 1.0]."""
+
+
+def depth_histogram(depths: Sequence[int], ratios: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """(6,) counts: pivots at the root (depth 0, whatever their r = 1/T), then the others in the
+    right-closed bins (0, 0.2], (0.2, 0.4], ..., (0.8, 1.0] of r.
+
+    Right-closed with a tolerance, so that r = 0.4 = 2/5 and r = 0.6 = 3/5 land in the bins that end at
+    them whatever their floating-point rounding (``np.histogram``'s half-open bins put 2/5 and 3/5 into the
+    same bin, and a root pivot in whichever bin 1/T falls into).
+    """
+    out = np.zeros(6)
+    d = np.asarray(depths, dtype=np.int64)
+    r = np.asarray(ratios, dtype=np.float64)
+    out[0] = float((d == 0).sum())
+    deep = r[d > 0]
+    if deep.size:
+        idx = np.clip(np.ceil(deep * 5 - 1e-9).astype(np.int64) - 1, 0, 4)
+        out[1:] = np.bincount(idx, minlength=5)
+    return out

@@ -65,6 +65,20 @@ from deepgrpo_agent.update import UpdateSettings, policy_update
 from deepgrpo_env.state import EnvState
 
 _MAX_EPOCH_SIZE = 10_000_000  # above this many training problems, sample i.i.d. instead of by epochs
+ZERO_ADVANTAGE = 1e-8
+"""Samples with |A| below this count as zero-advantage (``drop_zero_advantage_roots``; the paper code's threshold)."""
+
+
+def fail_truncated(batch: RolloutBatch) -> RolloutBatch:
+    """``batch`` with every truncated row scored 0 and marked incorrect (``truncated_roots_fail``: the
+    DEEP-GRPO paper scores every sample that hit the length limit 0, whatever its text says)."""
+    cut = np.asarray(batch.truncated, dtype=bool)
+    if not cut.any():
+        return batch
+    correct = batch.correct.copy()
+    correct[cut] = False
+    return dataclasses.replace(batch, rewards=np.where(cut, 0.0, batch.rewards), correct=correct)
+
 
 @dataclass
 class Budget:
@@ -237,6 +251,8 @@ class GRPOTrainer:
         else:
             batch = collect_rollouts(self.env, self.engine, problems, per_prompt, self.sampling(),
                                      generator=self.generator, temperatures=temperatures)
+        if self.config.truncated_roots_fail:
+            batch = fail_truncated(batch)
         self.budget.add(root_rollouts=len(batch), generated_tokens=batch.generated_tokens,
                         prefilled_tokens=batch.prefilled_tokens)
         return batch
@@ -427,7 +443,10 @@ class GRPOTrainer:
         for batch, signal in zip(rollouts.roots, rollouts.signal):
             samples = TrainSamples.from_batch(batch, self.root_advantages(batch), GLOBAL_STREAM)
             parts.append(samples.select(signal) if self.config.dynamic_sampling != "off" else samples)
-        return TrainSamples.concat(parts), {}
+        out = TrainSamples.concat(parts)
+        if self.config.drop_zero_advantage_roots:  # the paper code: such rows leave the token-mean denominator
+            out = out.select(np.abs(out.advantages) >= ZERO_ADVANTAGE)
+        return out, {}
 
     def root_advantages(self, batch: RolloutBatch) -> np.ndarray:
         """(N,) float32 group advantages of one root batch (``advantage_scale``; ERPO adds its pseudo-advantage)."""

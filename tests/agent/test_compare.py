@@ -143,7 +143,7 @@ def test_end_to_end_equal_budget_tables_plots_and_reuse(tmp_path: Path, monkeypa
 
 
 def test_cli_compare_on_the_shipped_testbed_every_default_strategy(tmp_path: Path) -> None:
-    """The README's comparison command, shortened: the testbed policy, all five strategies, CSV/JSON/PNG."""
+    """The README's comparison command, shortened: the testbed policy, all six default strategies, CSV/JSON/PNG."""
     pytest.importorskip("matplotlib")
     from deepgrpo_agent.cli import main
 
@@ -151,7 +151,7 @@ def test_cli_compare_on_the_shipped_testbed_every_default_strategy(tmp_path: Pat
     assert main(["compare", "--seeds", "0", "--token-budget", "4000", "--num-evals", "1", "--eval-problems", "32",
                  "--pass-k", "2", "--output-dir", str(out)]) == 0
     runs = list(csv.DictReader((out / "runs.csv").open()))
-    assert [r["strategy"] for r in runs] == ["grpo", "deep-grpo", "erpo", "treerl", "uniform-tree"]
+    assert [r["strategy"] for r in runs] == ["grpo-n8", "grpo-matched", "deep-grpo", "erpo", "treerl", "uniform-tree"]
     for r in runs:
         metrics = [json.loads(x) for x in (out / r["strategy"] / "seed0" / "metrics.jsonl").read_text().splitlines()]
         per_step = np.diff([0.0] + [m["budget/generated_tokens"] for m in metrics if m["kind"] == "train"])
@@ -160,11 +160,13 @@ def test_cli_compare_on_the_shipped_testbed_every_default_strategy(tmp_path: Pat
         assert 0.0 <= float(r["final_sample_accuracy"]) <= 1.0 and 0.0 <= float(r["final_accuracy"]) <= 1.0
         assert float(r["initial_accuracy"]) > 0.5  # the testbed policy, not a random init, started every run
     branched = {r["strategy"]: int(r["branch_rollouts"]) for r in runs}
-    assert branched["grpo"] == branched["erpo"] == 0
+    assert branched["grpo-n8"] == branched["grpo-matched"] == branched["erpo"] == 0
+    assert {r["strategy"]: int(r["group_size"]) for r in runs}["grpo-matched"] == 32
     assert min(branched["deep-grpo"], branched["treerl"], branched["uniform-tree"]) > 0
     summary = json.loads((out / "results.json").read_text())
-    assert summary["config"]["model"] == "arithmetic-testbed" and len(summary["runs"]) == 5
+    assert summary["config"]["model"] == "arithmetic-testbed" and len(summary["runs"]) == 6
     assert (out / "comparison.png").stat().st_size > 10_000 and (out / "accuracy.png").is_file()
+    assert (out / "seeds.png").is_file() and (out / "tables.md").is_file()
 
 
 class _Cut(Exception):
