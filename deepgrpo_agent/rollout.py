@@ -231,17 +231,7 @@ def rollout_loop(
         actions[rows_a] = tokens
         _, step_rewards, term, trunc, info = venv.step(actions)
         steps += 1
-        ended = live & (term[rows_a] | trunc[rows_a])
-        if ended.any():
-            which = np.flatnonzero(ended)
-            env_rows = rows_a[which]
-            score = np.asarray(info["score"], dtype=np.float64)[env_rows]
-            rewards[which] = np.where(np.isnan(score), np.nan, step_rewards[env_rows])
-            correct[which] = info["correct"][env_rows]
-            status[which] = info["grade_status"][env_rows]
-            terminated[which] = term[env_rows]
-            truncated[which] = trunc[env_rows]
-            live &= ~ended
+        _record_ended(live, rows_a, step_rewards, term, trunc, info, rewards, correct, status, terminated, truncated)
         if not live.any():
             break
         if t + 1 < horizon:
@@ -318,17 +308,7 @@ def replay_completions(
         _, step_rewards, term, trunc, info = venv.step(actions)
         steps += 1
         taken += live
-        ended = live & (term[rows_a] | trunc[rows_a])
-        if ended.any():
-            which_j = np.flatnonzero(ended)
-            env_rows = rows_a[which_j]
-            score = np.asarray(info["score"], dtype=np.float64)[env_rows]
-            rewards[which_j] = np.where(np.isnan(score), np.nan, step_rewards[env_rows])
-            correct[which_j] = info["correct"][env_rows]
-            status[which_j] = info["grade_status"][env_rows]
-            terminated[which_j] = term[env_rows]
-            truncated[which_j] = trunc[env_rows]
-            live &= ~ended
+        _record_ended(live, rows_a, step_rewards, term, trunc, info, rewards, correct, status, terminated, truncated)
         if not live.any():
             break
     if held:
@@ -486,6 +466,37 @@ def _check_env(venv: RolloutEnv, needed: int, what: str) -> None:
             f"make the env with num_envs={needed} (or more)."
         )
 
+
+
+def _record_ended(
+    live: npt.NDArray[np.bool_],
+    rows: npt.NDArray[np.intp],
+    step_rewards: npt.NDArray[Any],
+    term: npt.NDArray[np.bool_],
+    trunc: npt.NDArray[np.bool_],
+    info: dict[str, Any],
+    rewards: npt.NDArray[np.float64],
+    correct: npt.NDArray[Any],
+    status: npt.NDArray[Any],
+    terminated: npt.NDArray[np.bool_],
+    truncated: npt.NDArray[np.bool_],
+) -> None:
+    """Records the outcome of the live rows the env ended this step (in place) and clears them from ``live``.
+
+    A row whose verifier gave no score (NaN) keeps reward NaN; the others take the env's step reward.
+    """
+    ended = live & (term[rows] | trunc[rows])
+    if not ended.any():
+        return
+    which = np.flatnonzero(ended)
+    env_rows = rows[which]
+    score = np.asarray(info["score"], dtype=np.float64)[env_rows]
+    rewards[which] = np.where(np.isnan(score), np.nan, step_rewards[env_rows])
+    correct[which] = info["correct"][env_rows]
+    status[which] = info["grade_status"][env_rows]
+    terminated[which] = term[env_rows]
+    truncated[which] = trunc[env_rows]
+    live &= ~ended
 
 def _check_loop_inputs(venv: RolloutEnv, num_rows: int, rows: npt.NDArray[np.intp]) -> None:
     if num_rows != rows.shape[0]:
