@@ -148,13 +148,15 @@ MAIN_JOB = [
     "--prompts-per-step", "4",
     "--group-size", "8",
     "--max-new-tokens", "48",
-    "--total-steps", "16",
+    "--temperature", "0.7",
+    "--truncated-roots-fail",
+    "--total-steps", "32",
     "--learning-rate", "2e-5",
     "--loss-aggregation", "sequence-mean",
-    "--eval-every", "16",
-    "--eval-problems", "200",
+    "--eval-every", "32",
+    "--eval-problems", "300",
     "--pass-k", "0",
-    "--save-every", "8",
+    "--save-every", "16",
     "--no-progress",
     "--output-dir", "runs/main",
 ]
@@ -228,7 +230,7 @@ def accuracy_summary(
 
 
 class StepPrinter(Callback):
-    """Prints one line per training step: reward, rollout accuracy, truncation, length, loss and time."""
+    """Prints one line per training step: reward, rollout accuracy, truncation, length, groups with signal, gradient norm and time."""
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
@@ -238,11 +240,17 @@ class StepPrinter(Callback):
               f"{trainer.config.prompts_per_step} prompts x {trainer.config.group_size}", flush=True)
 
     def on_step_end(self, trainer: Any, step: int, m: dict[str, float]) -> None:
+        # GRPO's loss is ~0 at every step (group-normalized advantages sum to 0 and the update starts
+        # on-policy), so the line shows what drives the update instead: the groups whose answers
+        # disagree (the others give no gradient) and the gradient norm before clipping.
+        groups = trainer.config.prompts_per_step
+        signal = round(groups * (1.0 - m.get("rollout/zero_variance_fraction", 1.0)))
         print(f"step {step:3d}  reward {m.get('rollout/reward_mean', float('nan')):.3f}  "
               f"accuracy {m.get('rollout/accuracy', float('nan')):.3f}  "
               f"truncated {m.get('rollout/truncated_fraction', float('nan')):.2f}  "
               f"length {m.get('rollout/response_length', float('nan')):5.1f}  "
-              f"loss {m.get('loss/total', float('nan')):+.4f}  step {m.get('perf/step_s', float('nan')):5.1f} s  "
+              f"groups with signal {signal}/{groups}  grad norm {m.get('train/grad_norm', 0.0):.3f}  "
+              f"step {m.get('perf/step_s', float('nan')):5.1f} s  "
               f"elapsed {time.perf_counter() - self.start:6.0f} s", flush=True)
 
     def on_evaluate(self, trainer: Any, step: int, m: dict[str, float]) -> None:
@@ -260,7 +268,8 @@ def cmd_main(argv: Sequence[str]) -> int:
 
     print("deepgrpo main job: GRPO on MAWPS one-operation word problems (MathReasoning-MAWPS-SingleOp-v0) "
           "with SmolLM2-135M-Instruct (embedded).")
-    print("Held-out greedy accuracy is measured before and after training (reward = correctness only).\n")
+    print("Held-out greedy accuracy is measured before and after training (reward = correctness only: 1 for a "
+          "finished answer whose last number is right, 0 otherwise, including answers cut at the budget).\n")
     start = time.perf_counter()
     config = parse_config(GRPOConfig, MAIN_JOB + list(argv), prog=f"{PROG} main")
     _check_config(config)

@@ -289,7 +289,7 @@ class VLLMEngine:
         with _quiet(*_SYNC_NOISE):
             self.llm.collective_rpc(
                 "reload_weights",
-                kwargs={"weights_iterator": _detached(state), "is_checkpoint_format": True},
+                kwargs={"weights_iterator": _detached(state, self.dtype), "is_checkpoint_format": True},
             )
         self.llm.reset_prefix_cache()  # cached KV blocks hold the old weights' keys and values
 
@@ -338,9 +338,12 @@ def _row_temps(
     return temps
 
 
-def _detached(state: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
+def _detached(state: dict[str, torch.Tensor], dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+    """The weights in the engine's dtype: fp32 master weights are cast here, one tensor at a time (vLLM's
+    loader would cast them the same way, with one warning per tensor)."""
     for name, tensor in state.items():
-        yield name, tensor.detach()
+        t = tensor.detach()
+        yield name, t.to(dtype) if t.is_floating_point() and t.dtype != dtype else t
 
 
 @contextlib.contextmanager

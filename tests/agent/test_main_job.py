@@ -13,7 +13,8 @@ from deepgrpo_env.prompts import PromptTemplate
 def test_main_job_flags_parse_into_a_valid_config():
     config = parse_config(GRPOConfig, MAIN_JOB + ["--seed", "2"])
     assert config.env_id == "MathReasoning-MAWPS-SingleOp-v0" and config.seed == 2
-    assert config.eval_problems >= 200 and config.dtype == "auto"
+    assert config.eval_problems >= 300 and config.dtype == "auto"
+    assert config.truncated_roots_fail and config.temperature == 0.7  # reward = finished and correct
     assert config.eval_every == config.total_steps  # evaluated before and after only
     assert PromptTemplate(style=config.env_kwargs["prompt"]).text("Q?") == (
         "Q?\nAnswer briefly and end with the final number.")
