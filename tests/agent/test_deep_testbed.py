@@ -43,3 +43,25 @@ def test_recipe_and_model_name():
     with pytest.raises(ValueError, match="hard_step"):
         DeepRecipe(hard_step=5)
     assert model_path(DEEP_TESTBED) == DEEP_TESTBED_DIR
+
+
+def test_shipped_policy_realizes_the_design():
+    """The shipped weights (800 SFT steps): hard prompts mostly fail greedy and succeed ~0.2 of samples; easy ones succeed."""
+    import json
+
+    from deepgrpo_agent.testbed import load_testbed
+    from deepgrpo_env.arithmetic import ArithmeticSource
+    from scripts.testbed_sft import evaluate_testbed, heldout_indices
+
+    recipe = json.loads((DEEP_TESTBED_DIR / "recipe.json").read_text())
+    assert recipe["recipe"]["steps"] == DeepRecipe().steps, "recipe.json is not the shipped recipe's run"
+    d = DeepRecipe()
+    source = ArithmeticSource(d.level, seed=0, max_operand=d.max_operand)
+    test = heldout_indices(256, d.level, d.max_operand)
+    hard = [i for i in test if is_hard(source.expression(i), d.hard_step)][:48]
+    easy = [i for i in test if not is_hard(source.expression(i), d.hard_step)][:48]
+    model = load_testbed(DEEP_TESTBED_DIR)
+    h = evaluate_testbed(model, hard, level=d.level, max_operand=d.max_operand, samples=4)
+    e = evaluate_testbed(model, easy, level=d.level, max_operand=d.max_operand, samples=4)
+    assert h["eval/accuracy"] < 0.35 and 0.08 < h["eval/sample_accuracy"] < 0.4, h
+    assert e["eval/accuracy"] > 0.7 and e["eval/sample_accuracy"] > 0.6, e
