@@ -200,6 +200,12 @@ class VLLMEngine:
         )
         if block_size is not None or on_cpu:
             kwargs["block_size"] = int(block_size if block_size is not None else 32)
+        if on_cpu:
+            # vLLM 0.32 rewinds a seeded request's generator when chunked prefill cuts its prompt across
+            # steps, which CPU generators cannot do ("CPU Generator does not use offset"): seen with 256
+            # requests of 150 tokens. Without chunked prefill a step schedules whole prompts only.
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(4096, self.max_model_len)
         if kv_cache_gb is not None:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_gb * 2**30)
         if not on_cpu:
@@ -295,7 +301,11 @@ class VLLMEngine:
 
     # -- lifetime -------------------------------------------------------------------------------------
     def close(self) -> None:
-        """Frees vLLM's engine and KV cache and removes the temporary config directory (idempotent)."""
+        """Frees vLLM's engine and KV cache and removes the temporary config directory (idempotent).
+
+        vLLM keeps its (single-process) parallel groups in module globals: closing one engine leaves any
+        other engine of the same process unable to generate. One engine per process at a time.
+        """
         llm = self.__dict__.pop("llm", None)
         if llm is not None:
             with contextlib.suppress(Exception):

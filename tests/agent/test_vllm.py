@@ -110,6 +110,18 @@ def test_seeds_make_completions_reproducible(engine):
     assert [x.token_ids.tolist() for x in a] != [x.token_ids.tolist() for x in c]
 
 
+def test_many_seeded_requests_longer_than_one_prefill_step(engine):
+    """vLLM 0.32 on the CPU crashed ("CPU Generator does not use offset") once chunked prefill split a
+    seeded request across steps: 240 rows of 40 tokens are 9,600 prompt tokens, over one step's 4,096."""
+    rng = np.random.default_rng(3)
+    seqs = [rng.integers(3, 12, size=40) for _ in range(240)]
+    params = SamplingParams(1.0, 1.0, 6)
+    a = engine.generate(seqs, params, generator=torch.Generator().manual_seed(5))
+    b = engine.generate(seqs, params, generator=torch.Generator().manual_seed(5))
+    assert len(a) == 240 and all(1 <= len(x.token_ids) <= 6 for x in a)
+    assert [x.token_ids.tolist() for x in a] == [x.token_ids.tolist() for x in b]
+
+
 def check_rows_end_where_the_env_says(batch: Any, stop: int, budgets: np.ndarray, max_new_tokens: int) -> None:
     """Every row: no stop token before its last token; terminated iff it ends with the stop token;
     otherwise it used its whole budget (the env's remaining budget, or the engine's when smaller)."""
@@ -199,3 +211,4 @@ def test_token_step_sessions_are_refused_with_a_hint(engine):
 def test_requests_longer_than_max_model_len_are_refused(engine):
     with pytest.raises(ValueError, match="max_model_len"):
         engine.generate([np.arange(2, 62) % 40 + 2], SamplingParams(max_new_tokens=8))
+
