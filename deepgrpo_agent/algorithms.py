@@ -12,6 +12,7 @@ ALGORITHMS: dict[str, tuple[str, str]] = {
     "deep-erpo": ("deepgrpo_agent.erpo:DeepERPOConfig", "deepgrpo_agent.erpo:DeepERPOTrainer"),
     "treerl": ("deepgrpo_agent.tree:TreeConfig", "deepgrpo_agent.tree:TreeRLTrainer"),
     "uniform-tree": ("deepgrpo_agent.tree:UniformTreeConfig", "deepgrpo_agent.tree:UniformTreeTrainer"),
+    "attnrl": ("deepgrpo_agent.attnrl:AttnRLConfig", "deepgrpo_agent.attnrl:AttnRLTrainer"),
 }
 """Every trainer the CLI and the comparison runner can build, by name."""
 

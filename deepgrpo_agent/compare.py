@@ -88,6 +88,7 @@ STRATEGIES: dict[str, Strategy] = {
     "deep-erpo": Strategy("deep-erpo", {}, "DEEP-GRPO pivots + ERPO temperatures"),
     "treerl": Strategy("treerl", {"fork_selection": "entropy"}, "TreeRL EPTree (M, N, L, T) = (6, 2, 1, 2) (§4)"),
     "uniform-tree": Strategy("uniform-tree", {}, "Uniform random forks, TreeRL's tree shape: equal rollouts, not equal tokens (§4)"),
+    "attnrl": Strategy("attnrl", {}, "AttnRL: branch at the earliest well-spaced steps in the top 20% of attention-based influence (FCI), adaptive sampling, TreeRL advantages (§4b)"),
     "grpo-matched": Strategy(
         "grpo", {}, "GRPO-N at DEEP-GRPO's rollouts per step: G = `matched_group_size` (the paper's compute-matched control, §5)",
         matched=True,
