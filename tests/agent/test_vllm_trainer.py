@@ -68,6 +68,7 @@ ALGORITHMS = {
     "erpo": {"train_problems": 2},  # every step revisits both prompts: all-correct ones get hotter
     "treerl": {"tree_chains": 3},
     "uniform-tree": {"tree_chains": 3},
+    "attnrl": {"tree_chains": 3, "fci_delta": 1, "fork_min_distance": 0},
 }
 
 
