@@ -118,9 +118,10 @@ STRATEGIES: dict[str, Strategy] = {
     "deep-grpo-expand-all": Strategy("deep-grpo", {"expand_all": True},
                                      "DEEP-GRPO ablation expand-all: pivots in successful roots too"),
     "deep-grpo-paper": Strategy(
-        "deep-grpo", {"truncated_roots_fail": True, "sentence_split": "bare", "phi_min_per_class": 0},
+        "deep-grpo", {"truncated_roots_fail": True, "sentence_split": "bare", "phi_min_per_class": 0,
+                      "phi_min_total": 10},
         "DEEP-GRPO with the paper's choices where the library differs: truncated roots score 0, sentences split on the "
-        "bare '.' token, P_phi fitted as soon as both classes occur (see docs/comparisons.md, 'Deviations')",
+        "bare '.' token, P_phi fitted once > 10 pivots with both classes are buffered (see docs/comparisons.md, 'Deviations')",
     ),
 }
 """Named strategies ``deepgrpo compare --strategies`` accepts."""
@@ -318,7 +319,8 @@ _PLACEMENT = {"resume": None, "ray_address": None, "rollout_worker_gpus": 0.0, "
 """Fields left out of a run's fingerprint (always ``resume`` and where the work runs; ``rollout_workers``
 when 0), so that run directories written before these fields existed are still recognized."""
 _LATER_DEFAULTS: dict[str, Any] = {"drop_zero_advantage_roots": False, "truncated_roots_fail": False, "eval_split": "test",
-                                   "phi_min_per_class": 10, "sentence_split": "contains"}
+                                   "phi_min_per_class": 10, "sentence_split": "contains",
+                                   "phi_min_total": 0}
 """Fields added after runs were first fingerprinted: left out of the fingerprint at these values (the
 behaviour before they existed), so that older run directories are still recognized."""
 

@@ -17,7 +17,9 @@ Deviations from the paper (docs/methods.md §2):
   root rollouts are scored as GRPO scores them unless ``truncated_roots_fail`` (the paper's rule).
 - Sentence segments end after any token containing '.' unless ``sentence_split='bare'`` (the paper's
   bare '.' token); P_phi is refit once per step, after the step's branches, once more than
-  ``phi_min_per_class`` pivots of each class are buffered (docs/comparisons.md, "Deviations").
+  ``phi_min_per_class`` pivots of each class (and more than ``phi_min_total`` in all) are buffered.
+  The authors' code refits before every failed chain's pivot choice, asynchronously interleaved with
+  other chains' branches; that cadence is not reproduced (docs/comparisons.md, "Deviations").
 """
 
 from __future__ import annotations
@@ -83,6 +85,8 @@ class DeepGRPOConfig(GRPOConfig):
     """FIFO capacity of the (r, any-branch-succeeded) buffer that P_phi is fitted on."""
     phi_min_per_class: int = 10
     """P_phi is fitted once the buffer holds more than this many pivots of each class (any branch succeeded / none); before that P_phi = 1. 10 is docs/methods.md's rule; 0 fits as soon as both classes occur."""
+    phi_min_total: int = 0
+    """...and more than this many pivots in all. The authors' code fits once the buffer holds more than 10 pivots with both classes present: `phi_min_per_class=0, phi_min_total=10` (`deep-grpo-paper`)."""
     sentence_split: Literal["contains", "bare"] = "contains"
     """With segment='sentence': end a segment after every token whose text contains '.' ('contains', e.g. inside "3.50") or only after the bare '.' token ('bare', the paper's split)."""
 
@@ -96,6 +100,7 @@ class DeepGRPOConfig(GRPOConfig):
             ("min_branch_samples", self.min_branch_samples >= 0, ">= 0"),
             ("phi_buffer_size", self.phi_buffer_size >= 1, ">= 1"),
             ("phi_min_per_class", self.phi_min_per_class >= 0, ">= 0"),
+            ("phi_min_total", self.phi_min_total >= 0, ">= 0"),
         ]
         for name, ok, want in checks:
             if not ok:
@@ -138,7 +143,8 @@ class DeepGRPOTrainer(GRPOTrainer):
         if not isinstance(config, DeepGRPOConfig):
             raise TypeError(f"Expected a DeepGRPOConfig, got {type(config).__name__}.")
         # Strategy state exists before GRPOTrainer.__init__, which may resume it from a checkpoint.
-        self.phi = Recoverability(capacity=config.phi_buffer_size, min_per_class=config.phi_min_per_class)
+        self.phi = Recoverability(capacity=config.phi_buffer_size, min_per_class=config.phi_min_per_class,
+                                  min_total=config.phi_min_total)
         self.pivot_rng = np.random.default_rng([config.seed, PIVOT_RNG_SALT])
         utility_name = "uniform" if config.pivot_sampling == "uniform" else config.pivot_utility
         self.selector = PivotSelector(utility_name, config.depth_bias_gamma, self.phi, config.phi_buffer_size)

@@ -104,15 +104,16 @@ class Recoverability:
 
     Refit (a few Newton steps, intercept unpenalized, ``0.5 w^2 + C * sum logloss`` like
     scikit-learn's lbfgs solver) whenever the buffer holds more than ``min_per_class`` samples of
-    both classes; before that P_phi = 1 everywhere (docs/methods.md §2).
+    both classes and more than ``min_total`` in all; before that P_phi = 1 everywhere (docs/methods.md §2).
     """
 
-    def __init__(self, capacity: int = 10_000, c: float = 1.0, min_per_class: int = 10) -> None:
+    def __init__(self, capacity: int = 10_000, c: float = 1.0, min_per_class: int = 10, min_total: int = 0) -> None:
         if capacity < 1 or c <= 0:
             raise ValueError(f"Expected capacity >= 1 and C > 0, got {capacity} and {c}.")
         self.buffer: deque[tuple[float, float]] = deque(maxlen=capacity)
         self.c = c
         self.min_per_class = min_per_class
+        self.min_total = min_total
         self.w: float | None = None
         self.b: float | None = None
 
@@ -126,7 +127,8 @@ class Recoverability:
         self.buffer.extend((float(r), float(bool(y))) for r, y in zip(ratios, successes))
         data = np.asarray(self.buffer, dtype=np.float64).reshape(-1, 2)
         positives = int(data[:, 1].sum())
-        if positives > self.min_per_class and data.shape[0] - positives > self.min_per_class:
+        enough = data.shape[0] > self.min_total
+        if enough and positives > self.min_per_class and data.shape[0] - positives > self.min_per_class:
             self.w, self.b = fit_logistic(data[:, 0], data[:, 1], c=self.c, init=(self.w or 0.0, self.b or 0.0))
 
     def __call__(self, ratios: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

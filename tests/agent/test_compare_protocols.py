@@ -238,6 +238,18 @@ def test_phi_min_per_class_sets_when_p_phi_is_first_fitted() -> None:
     assert late.fitted
 
 
+
+def test_the_authors_fit_trigger_needs_more_than_ten_pivots_with_both_classes() -> None:
+    # befocuss/Deep-GRPO, UtilitySamplingStrategy.select_node: len(buffer) > 10 and both 0 and 1 present.
+    phi = Recoverability(min_per_class=0, min_total=10)
+    phi.add([0.2] + [0.8] * 9, [True] + [False] * 9)  # 10 pivots, both classes: not yet
+    assert not phi.fitted
+    phi.add([0.8], [False])  # 11
+    assert phi.fitted
+    only_failures = Recoverability(min_per_class=0, min_total=10)
+    only_failures.add([0.5] * 20, [False] * 20)
+    assert not only_failures.fitted
+
 def test_depth_histogram_separates_root_pivots_and_bins_r_right_closed() -> None:
     # T = 5 candidates r = 1/5 (root), 2/5, 3/5, 4/5. np.histogram(bins=5)'s half-open bins put 2/5 and 3/5
     # into the same bin [0.4, 0.6) (3/5 rounds below 0.6 there), 4/5 into [0.8, 1.0], and the root into
