@@ -67,10 +67,8 @@ from deepgrpo_agent.tree import (
     TreePath,
     TreeRLTrainer,
     TreeRollouts,
-    build_tree,
-    node_values,
     path_samples,
-    segment_advantages,
+    prompt_tree,
 )
 
 ADS_RNG_SALT = 29
@@ -356,10 +354,7 @@ class AttnRLTrainer(TreeRLTrainer):
         branches: list[RolloutBatch] = []
         if forks:
             batch = self.expand(paths, forks)
-            for j, fork in enumerate(forks):
-                src = paths[fork.path]
-                for k in range(cfg.tree_branches):
-                    paths.append(TreePath(src.group, src.chain, fork.path, fork.depth, batch, j * cfg.tree_branches + k))
+            self.add_branches(paths, forks, batch)
             branches.append(batch)
         metrics.update(self._fork_metrics(forks, branches))
         all_fci = np.concatenate([f for _, f in steps if f.size]) if steps else np.zeros(0)
@@ -372,13 +367,6 @@ class AttnRLTrainer(TreeRLTrainer):
         })
         signal = np.ones(len(roots), dtype=bool)  # the zero-signal filter acts per tree, in compute_advantages
         return AttnRLRollouts([roots], [signal], metrics, paths, forks, branches, dropped, set(branched))
-
-    def expand(self, paths: Sequence[TreePath], forks: Sequence[Fork]) -> RolloutBatch:
-        """T continuations from the start of each chosen step: one batched branch_rollouts call."""
-        cfg = self.config
-        states = [paths[f.path].batch.prefix_state(paths[f.path].row, f.depth) for f in forks]
-        most = cfg.prompts_per_step * cfg.tree_chains * cfg.tree_forks * cfg.tree_branches
-        return self.branch(states, cfg.tree_branches, reserve=most)
 
     def compute_advantages(self, rollouts: Rollouts) -> tuple[TrainSamples, dict[str, float]]:
         """One row per root-to-leaf path of each branched response, TreeRL's R(s) per token (module docstring)."""
@@ -393,13 +381,8 @@ class AttnRLTrainer(TreeRLTrainer):
         for g, members in by_group.items():
             if g in rollouts.dropped:
                 continue
-            local = {p: k for k, p in enumerate(members)}
             group = [paths[i] for i in members]
-            tree = build_tree([local[p.parent] if p.parent >= 0 else -1 for p in group],
-                              [p.fork for p in group], [p.response.shape[0] for p in group])
-            rewards = np.array([p.reward for p in group])
-            values, leaves = node_values(tree, rewards)
-            adv = segment_advantages(values, leaves, tree.parent, float(rewards.mean()))
+            tree, rewards, adv = prompt_tree(paths, members)
             trained = np.array([p.parent >= 0 or i in rollouts.branched for i, p in zip(members, group)])
             if not trained.any():
                 continue

@@ -402,6 +402,20 @@ def path_samples(tree: SegmentTree, paths: Sequence[TreePath], advantages: npt.N
                         token_advantages=token_adv)
 
 
+def prompt_tree(
+    paths: Sequence[TreePath], members: Sequence[int]
+) -> tuple[SegmentTree, npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """One prompt's tree over ``paths[i] for i in members`` (parents before children): the tree, the
+    leaves' rewards and every segment's R(s) (:func:`segment_advantages`)."""
+    local = {g: k for k, g in enumerate(members)}
+    group = [paths[i] for i in members]
+    tree = build_tree([local[p.parent] if p.parent >= 0 else -1 for p in group],
+                      [p.fork for p in group], [p.response.shape[0] for p in group])
+    rewards = np.array([p.reward for p in group])
+    values, leaves = node_values(tree, rewards)
+    return tree, rewards, segment_advantages(values, leaves, tree.parent, float(rewards.mean()))
+
+
 @dataclass
 class TreeRollouts(Rollouts):
     """The root chains (``roots[0]``) plus every sequence of the step's trees, the forks and their branches."""
@@ -448,13 +462,7 @@ class TreeRLTrainer(GRPOTrainer):
             if not chosen:
                 break
             batch = self.expand(paths, chosen)
-            frontier = []
-            for j, fork in enumerate(chosen):
-                src = paths[fork.path]
-                for k in range(cfg.tree_branches):
-                    frontier.append(len(paths))
-                    paths.append(TreePath(src.group, src.chain, fork.path, fork.depth, batch,
-                                          j * cfg.tree_branches + k))
+            frontier = self.add_branches(paths, chosen, batch)
             forks += chosen
             branches.append(batch)
         metrics.update(self._fork_metrics(forks, branches))
@@ -507,6 +515,17 @@ class TreeRLTrainer(GRPOTrainer):
         out.sort(key=lambda f: (f.path, f.depth))
         return out, empty / max(len(pools), 1)
 
+    def add_branches(self, paths: list[TreePath], forks: Sequence[Fork], batch: RolloutBatch) -> list[int]:
+        """Appends the ``tree_branches`` continuations of every fork (rows of ``batch``, fork-major) to
+        ``paths``; returns their indices."""
+        added = []
+        for j, fork in enumerate(forks):
+            src = paths[fork.path]
+            for k in range(self.config.tree_branches):
+                added.append(len(paths))
+                paths.append(TreePath(src.group, src.chain, fork.path, fork.depth, batch, j * self.config.tree_branches + k))
+        return added
+
     def expand(self, paths: Sequence[TreePath], forks: Sequence[Fork]) -> RolloutBatch:
         """T continuations from the state before each fork token: one batched branch_rollouts call."""
         cfg = self.config
@@ -525,13 +544,8 @@ class TreeRLTrainer(GRPOTrainer):
         zero_var, leaves_per_prompt = [], []
         segments = 0
         for members in by_group.values():
-            local = {g: k for k, g in enumerate(members)}
             group = [paths[i] for i in members]
-            tree = build_tree([local[p.parent] if p.parent >= 0 else -1 for p in group],
-                              [p.fork for p in group], [p.response.shape[0] for p in group])
-            rewards = np.array([p.reward for p in group])
-            values, leaves = node_values(tree, rewards)
-            adv = segment_advantages(values, leaves, tree.parent, float(rewards.mean()))
+            tree, rewards, adv = prompt_tree(paths, members)
             segments += len(tree)
             zero_var.append(bool(np.all(rewards == rewards[0])))
             leaves_per_prompt.append(len(group))
@@ -621,6 +635,7 @@ __all__ = [
     "build_tree",
     "node_values",
     "path_samples",
+    "prompt_tree",
     "segment_advantages",
     "segment_samples",
     "select_forks",
